@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up (.venv) and train through `accelerate launch` on the hardware found; arguments go to the
+# trainer, e.g. ./launch/train.sh --config imdb --train.epochs=3
+#   ACCELERATE_CONFIG=path  use this accelerate config instead of picking one
+#   NUM_PROCESSES=N         processes for the multi-GPU config (default: every GPU)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/launch/setup.sh"
+
+gpus=0
+if command -v nvidia-smi >/dev/null 2>&1; then
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+fi
+launch_args=()
+if [ -n "${ACCELERATE_CONFIG:-}" ]; then
+  launch_args=(--config_file "$ACCELERATE_CONFIG")
+elif [ "$gpus" -gt 1 ]; then
+  launch_args=(--config_file "$ROOT/accelerate_configs/multi_gpu.yaml" --num_processes "${NUM_PROCESSES:-$gpus}")
+elif [ "$gpus" -eq 1 ]; then
+  launch_args=(--config_file "$ROOT/accelerate_configs/gpu.yaml")
+else
+  launch_args=(--config_file "$ROOT/accelerate_configs/cpu.yaml")
+fi
+exec accelerate launch "${launch_args[@]}" -m trainer "$@"

@@ -1,0 +1,70 @@
+import pytest
+import yaml
+
+from trainer.config import config_reference, load_config, preset_names, resolve_preset
+from trainer.errors import UserError
+
+
+def test_precedence_defaults_then_preset_then_command_line():
+    defaults = load_config(None, [])
+    assert defaults.model.hidden_dim == 256 and defaults.optim.lr == 1e-3  # the seed's values
+    preset = load_config("tiny", [])
+    assert preset.model.hidden_dim == 16 and preset.train.epochs == 2
+    assert preset.optim.max_grad_norm == 5.0  # untouched by the preset: still the default
+    both = load_config("tiny", ["--model.hidden_dim=40", "--train.epochs", "3"])
+    assert both.model.hidden_dim == 40 and both.train.epochs == 3
+    assert both.model.embedding_dim == 16  # from the preset
+
+
+def test_yaml_file_and_typed_values(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"model": {"cell": "gru"}, "optim": {"lr": 0.01}}))
+    config = load_config(str(path), ["--data.train_files=a.csv,b.csv", "--model.bidirectional=true"])
+    assert config.model.cell == "gru" and config.optim.lr == 0.01
+    assert config.data.train_files == ["a.csv", "b.csv"]
+    assert config.model.bidirectional is True
+    assert load_config(None, ["--data.max_train_examples=null"]).data.max_train_examples is None
+
+
+def test_every_preset_loads():
+    assert {"default", "tiny", "imdb", "sst2"} <= set(preset_names())
+    for name in preset_names():
+        load_config(name, [])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model.hiden_dim=3"], r"unknown config key 'model.hiden_dim' \(did you mean model.hidden_dim\?\).*cell"),
+        (["--modle.cell=gru"], r"unknown config key 'modle.cell'.*valid sections: data, tokenizer, model"),
+        (["--model.cell=transformer"], r"model.cell='transformer' is not valid; choose one of 'lstm', 'gru', 'rnn'"),
+        (["--train.mixed_precision=fp8"], r"choose one of 'no', 'fp16', 'bf16'"),
+        (["--model.hidden_dim=big"], r"model.hidden_dim: .*'big'.*expected int"),
+        (["--optim.lr=-1"], r"optim.lr=-1.0 is out of range"),
+        (["--logging.tracker=mlflow"], r"choose one of 'wandb', 'tensorboard', 'none'"),
+        (["--checkpoint.best_metric=speed"], r"checkpoint.best_metric='speed' is not valid"),
+        (["hidden_dim=3"], r"unexpected argument 'hidden_dim=3'"),
+        (["--train.epochs"], r"--train.epochs needs a value"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_the_choices(args, message):
+    with pytest.raises(UserError, match=message):
+        load_config("tiny", args)
+
+
+def test_unknown_key_in_a_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  layers: 3\n")
+    with pytest.raises(UserError, match=r"unknown config key 'model.layers'.*num_layers"):
+        load_config(str(path), [])
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(UserError, match=r"unknown preset 'imbd'; choose one of .*imdb"):
+        resolve_preset("imbd")
+
+
+def test_reference_lists_every_section():
+    reference = config_reference()
+    for key in ("--data.text_column", "--tokenizer.vocab_size", "--model.cell", "--optim.max_grad_norm=5.0"):
+        assert key in reference

@@ -1,0 +1,150 @@
+import gzip
+import json
+from collections import Counter
+
+import datasets
+import pytest
+import torch
+from accelerate.data_loader import BatchSamplerShard
+from conftest import review_rows, shared_file, write_csv
+
+from trainer.corpus import CorpusConfig, generate_corpus
+from trainer.data import DataConfig, LengthGroupedBatchSampler, PaddingCollator, build_dataloaders, prepare_data
+from trainer.errors import UserError
+from trainer.tokenizer import PAD_ID, UNK_ID, TokenizerConfig, train_tokenizer
+
+
+def shard(sampler, num_shards):
+    return [list(BatchSamplerShard(sampler, num_shards, rank)) for rank in range(num_shards)]
+
+
+@pytest.mark.parametrize("n,batch,shards", [(1000, 32, 2), (1001, 32, 2), (65, 32, 2), (97, 8, 3), (33, 16, 2)])
+@pytest.mark.parametrize("group", [True, False])
+def test_sampler_every_example_exactly_once_across_shards(n, batch, shards, group):
+    lengths = [(i * 37) % 101 + 1 for i in range(n)]
+    sampler = LengthGroupedBatchSampler(lengths, batch, num_shards=shards, seed=3, group_by_length=group)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        per_rank = shard(sampler, shards)
+        assert len({len(batches) for batches in per_rank}) == 1, "every process gets the same number of batches"
+        assert all(len(batches) == len(sampler) // shards for batches in per_rank)
+        seen = Counter(i for batches in per_rank for batch in batches for i in batch)
+        assert sorted(seen) == list(range(n)) and set(seen.values()) == {1}
+        assert all(batch for batches in per_rank for batch in batches), "no empty batch"
+
+
+def test_sampler_order_is_reproducible_and_changes_each_epoch():
+    lengths = list(range(1, 501))
+    a = LengthGroupedBatchSampler(lengths, 16, num_shards=2, seed=7)
+    b = LengthGroupedBatchSampler(lengths, 16, num_shards=2, seed=7)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first
+    assert list(LengthGroupedBatchSampler(lengths, 16, num_shards=2, seed=8)) != first
+
+
+def test_length_grouping_reduces_padding():
+    lengths = [int(x) for x in torch.randint(1, 400, (4000,), generator=torch.Generator().manual_seed(0))]
+
+    def padded(group):
+        sampler = LengthGroupedBatchSampler(lengths, 32, seed=0, group_by_length=group)
+        return sum(len(b) * max(lengths[i] for i in b) for b in sampler)
+
+    assert padded(True) < 0.7 * padded(False)
+
+
+def test_collate_pads_to_longest_and_to_multiple():
+    rows = [{"input_ids": [5, 6, 7], "length": 3, "label": 1}, {"input_ids": [8], "length": 1, "label": 0}]
+    batch = PaddingCollator(pad_id=0)(rows)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["lengths"].tolist() == [3, 1] and batch["labels"].tolist() == [1, 0]
+    assert PaddingCollator(pad_id=0, pad_to_multiple_of=8)(rows)["input_ids"].shape == (2, 8)
+
+
+def test_tokenizer_special_ids_and_review_normalisation():
+    texts = ["A GREAT film.<br /><br />Truly great!", "An awful, awful movie<br/>really"] * 5
+    tokenizer = train_tokenizer(iter([texts]), TokenizerConfig(model="wordpiece", vocab_size=200, min_frequency=1))
+    assert tokenizer.token_to_id("[PAD]") == PAD_ID and tokenizer.token_to_id("[UNK]") == UNK_ID
+    tokens = tokenizer.encode("A GREAT film.<br /><br />Truly").tokens
+    assert tokens == ["a", "great", "film", ".", "truly"]
+
+
+def test_builtin_corpus_is_deterministic_and_balanced():
+    a = generate_corpus(CorpusConfig(num_examples=200, seed=1))
+    assert a == generate_corpus(CorpusConfig(num_examples=200, seed=1))
+    assert a != generate_corpus(CorpusConfig(num_examples=200, seed=2))
+    assert Counter(a["label"]) == {0: 100, 1: 100}
+
+
+def prepare(tmp_path, **data_kwargs):
+    config = DataConfig(cache_dir=str(tmp_path / "cache"), **data_kwargs)
+    return prepare_data(config, TokenizerConfig(model="wordlevel", vocab_size=500, min_frequency=1))
+
+
+def test_second_run_reuses_tokenizer_and_tokenised_cache(tmp_path):
+    first = prepare(tmp_path, builtin=CorpusConfig(num_examples=300))
+    assert not first.stats["tokenizer_cache_hit"] and not first.stats["train_tokens_cache_hit"]
+    second = prepare(tmp_path, builtin=CorpusConfig(num_examples=300))
+    assert second.stats["tokenizer_cache_hit"] and second.stats["train_tokens_cache_hit"]
+    assert second.stats["validation_tokens_cache_hit"]
+    assert second.train["input_ids"] == first.train["input_ids"]
+    assert second.train.cache_files == first.train.cache_files
+    # Different data -> a different key, no stale reuse.
+    third = prepare(tmp_path, builtin=CorpusConfig(num_examples=301))
+    assert not third.stats["train_tokens_cache_hit"]
+
+
+def test_local_files_in_every_format_give_the_same_data(tmp_path):
+    rows = review_rows(60)
+    csv_path = write_csv(tmp_path / "train.csv", rows)
+    with gzip.open(tmp_path / "train.csv.gz", "wt", encoding="utf-8") as f:
+        f.write(csv_path.read_text())
+    with (tmp_path / "train.jsonl").open("w") as f:
+        f.writelines(json.dumps({"review": t, "sentiment": "pos" if y else "neg"}) + "\n" for t, y in rows)
+    datasets.Dataset.from_dict({"text": [t for t, _ in rows], "label": [bool(y) for _, y in rows]}).to_parquet(
+        str(tmp_path / "train.parquet")
+    )
+    results = [
+        prepare(tmp_path, train_files=[str(tmp_path / "train.csv")]),
+        prepare(tmp_path, train_files=[str(tmp_path / "train.csv.gz")]),
+        prepare(tmp_path, train_files=[str(tmp_path / "train.jsonl")], text_column="review", label_column="sentiment"),
+        prepare(tmp_path, train_files=[str(tmp_path / "train.parquet")]),
+    ]
+    for result in results:
+        assert result.label_map.names == ["negative", "positive"]
+        assert result.train["label"] == results[0].train["label"]
+        assert result.train["input_ids"] == results[0].train["input_ids"]
+        assert len(result.train) + len(result.validation) == 60
+
+
+def test_empty_and_null_texts_are_dropped_with_a_count(tmp_path):
+    rows = [*review_rows(40), ("", 1), ("   ", 0)]
+    path = write_csv(tmp_path / "train.csv", rows)
+    with path.open("a") as f:
+        f.write(",1\n")  # a missing text
+    data = prepare(tmp_path, train_files=[str(path)])
+    assert data.stats["train_dropped_empty"] == 3
+    assert len(data.train) + len(data.validation) == 40
+
+
+def test_loaders_batch_every_training_example_once(tmp_path):
+    data = prepare(tmp_path, builtin=CorpusConfig(num_examples=203))
+    train_loader, eval_loader = build_dataloaders(data, DataConfig(), batch_size=16, eval_batch_size=32)
+    seen = sum(len(batch["labels"]) for batch in train_loader)
+    assert seen == len(data.train)
+    batch = next(iter(eval_loader))
+    assert batch["input_ids"].shape[1] == int(batch["lengths"].max())
+
+
+def test_imdb_from_shared_data_tokenises(tmp_path):
+    path = shared_file("imdb", "train.csv.gz")
+    data = prepare(tmp_path, train_files=[str(path)], max_train_examples=2000, max_eval_examples=500)
+    assert len(data.train) == 2000 and len(data.validation) == 500
+    assert set(data.train["label"]) == {0, 1}
+    assert max(data.train["length"]) == 256
+
+
+def test_too_few_examples_for_the_processes():
+    with pytest.raises(UserError, match="cannot be shared"):
+        LengthGroupedBatchSampler([3], 8, num_shards=2)

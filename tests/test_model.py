@@ -1,0 +1,83 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from trainer.model import ModelConfig, SentimentRNN, class_probabilities, classification_loss, reverse_within_length
+
+
+def build(cell="lstm", bidirectional=True, num_layers=2, num_labels=2, seed=0):
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        cell=cell, embedding_dim=16, hidden_dim=24, num_layers=num_layers, bidirectional=bidirectional, dropout=0.3
+    )
+    return SentimentRNN(config, vocab_size=50, num_labels=num_labels).eval()
+
+
+def test_reverse_within_length_keeps_padding_in_place():
+    x = torch.arange(2 * 5).view(2, 5, 1).float()
+    out = reverse_within_length(x, torch.tensor([3, 5]))
+    assert out[0, :, 0].tolist() == [2, 1, 0, 3, 4]
+    assert out[1, :, 0].tolist() == [9, 8, 7, 6, 5]
+    assert torch.equal(reverse_within_length(out, torch.tensor([3, 5])), x)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_output_does_not_depend_on_batch_padding(cell, bidirectional):
+    model = build(cell, bidirectional)
+    short = torch.randint(2, 50, (7,))
+    alone = model(short.unsqueeze(0), torch.tensor([7]))
+    batch = torch.zeros(2, 120, dtype=torch.long)  # a much longer neighbour: 113 padding steps
+    batch[0, :7] = short
+    batch[1] = torch.randint(2, 50, (120,))
+    together = model(batch, torch.tensor([7, 120]))
+    torch.testing.assert_close(together[0], alone[0], atol=1e-5, rtol=0)
+
+
+def test_attention_sums_to_one_on_real_tokens_and_is_zero_on_padding():
+    model = build()
+    ids = torch.randint(2, 50, (3, 10))
+    lengths = torch.tensor([10, 4, 1])
+    ids[1, 4:] = 0
+    ids[2, 1:] = 0
+    _, weights = model(ids, lengths, return_attention=True)
+    assert weights.shape == (3, 10)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3))
+    mask = torch.arange(10) < lengths.unsqueeze(1)
+    assert torch.all(weights[~mask] == 0)
+    assert torch.all(weights[mask] > 0)
+
+
+def test_logits_shapes_and_losses():
+    binary = build(num_labels=2)
+    three = build(num_labels=3)
+    ids, lengths = torch.randint(2, 50, (4, 6)), torch.full((4,), 6)
+    assert binary(ids, lengths).shape == (4, 1)
+    assert three(ids, lengths).shape == (4, 3)
+    probs = class_probabilities(binary(ids, lengths))
+    torch.testing.assert_close(probs.sum(-1), torch.ones(4))
+    labels = torch.tensor([0, 1, 1, 0])
+    assert classification_loss(binary(ids, lengths), labels).ndim == 0
+    assert classification_loss(three(ids, lengths), torch.tensor([0, 1, 2, 0]), reduction="none").shape == (4,)
+
+
+def test_bf16_autocast_is_finite_and_close_to_fp32():
+    model = build()
+    ids, lengths = torch.randint(2, 50, (4, 30)), torch.tensor([30, 12, 5, 1])
+    reference = model(ids, lengths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, weights = model(ids, lengths, return_attention=True)
+    assert torch.isfinite(logits).all() and weights.dtype == torch.float32
+    torch.testing.assert_close(logits.float(), reference, atol=0.05, rtol=0.05)
+    loss = classification_loss(logits, torch.tensor([0, 1, 0, 1]))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_model_imports_no_training_stack():
+    code = (
+        "import sys, trainer.model; print(sorted(m for m in ('accelerate', 'datasets', 'wandb') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,188 @@
+"""End-to-end runs of ``python -m trainer`` on one process, and every bad input."""
+
+import pytest
+import torch
+import wandb_records
+import yaml
+from conftest import read_json, read_jsonl, review_rows, run_cli, write_csv
+
+from trainer.checkpoint import load_exported
+from trainer.config import load_config
+from trainer.data import build_dataloaders, prepare_data
+from trainer.metrics import classification_metrics
+from trainer.model import class_probabilities, classification_loss
+from trainer.train import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One real run with W&B (offline: no API key) that several tests inspect."""
+    work = tmp_path_factory.mktemp("work")
+    cache = tmp_path_factory.mktemp("cache")
+    result = run_cli(
+        [
+            "--config",
+            "tiny",
+            "--logging.tracker=wandb",
+            "--train.output_dir=run",
+            "--train.eval_every_steps=10",
+            f"--data.cache_dir={cache}",
+        ],
+        cwd=work,
+        env={"WANDB_API_KEY": "", "WANDB_MODE": "", "NETRC": str(work / "none")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "run", result, cache
+
+
+def test_run_folder_layout(tiny_run):
+    run, result, _ = tiny_run
+    for name in ("config.yaml", "run_info.json", "metrics.jsonl", "tokenizer.json"):
+        assert (run / name).is_file(), name
+    for export in ("best", "final"):
+        assert sorted(p.name for p in (run / export).iterdir()) == [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+        ]
+        meta = read_json(run / export / "config.json")
+        assert meta["id2label"] == {"0": "negative", "1": "positive"}
+    info = read_json(run / "run_info.json")
+    assert info["world_size"] == 1 and info["final_step"] == info["total_steps"] == 34
+    assert info["versions"]["torch"] == torch.__version__
+    assert "W&B: no API key found, logging offline" in result.stdout
+
+
+def test_resolved_config_is_written(tiny_run):
+    run, _, cache = tiny_run
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["hidden_dim"] == 16  # preset
+    assert saved["train"]["eval_every_steps"] == 10  # command line
+    assert saved["optim"]["max_grad_norm"] == 5.0  # default
+    assert saved["data"]["cache_dir"] == str(cache)
+
+
+def test_metrics_log_has_training_and_validation_records(tiny_run):
+    run, _, _ = tiny_run
+    records = read_jsonl(run / "metrics.jsonl")
+    train = [r for r in records if "train/loss" in r]
+    evals = [r for r in records if "eval/accuracy" in r]
+    assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30, 34]
+    assert [r["step"] for r in evals] == [10, 17, 20, 30, 34]  # every 10 steps and each epoch end
+    assert all(r["train/tokens_per_s"] > 0 and r["train/lr"] > 0 for r in train)
+    assert all(set(r) >= {"eval/loss", "eval/f1", "eval/precision", "eval/recall", "eval/roc_auc"} for r in evals)
+
+
+def test_best_model_is_the_lowest_validation_loss_and_reloads(tiny_run):
+    run, _, _ = tiny_run
+    evals = [r for r in read_jsonl(run / "metrics.jsonl") if "eval/loss" in r]
+    best = min(evals, key=lambda r: r["eval/loss"])
+    meta = read_json(run / "best" / "config.json")
+    assert meta["step"] == best["step"]
+
+    # The exported model, reloaded on its own, reproduces its validation metrics.
+    config = load_config(str(run / "config.yaml"), [])
+    data = prepare_data(config.data, config.tokenizer)
+    assert data.stats["train_tokens_cache_hit"]
+    model, tokenizer, _ = load_exported(run / "best")
+    assert tokenizer.to_str() == data.tokenizer.to_str()
+    _, loader = build_dataloaders(data, config.data, batch_size=32, eval_batch_size=64)
+    probs, labels, losses = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            logits = model(batch["input_ids"], batch["lengths"])
+            probs.append(class_probabilities(logits))
+            labels.append(batch["labels"])
+            losses.append(classification_loss(logits, batch["labels"], reduction="none"))
+    metrics = classification_metrics(torch.cat(probs), torch.cat(labels), torch.cat(losses))
+    assert metrics["accuracy"] == pytest.approx(best["eval/accuracy"], abs=1e-9)
+    assert metrics["loss"] == pytest.approx(best["eval/loss"], abs=1e-5)
+
+
+def test_wandb_offline_run_holds_config_and_metrics(tiny_run):
+    run, _, _ = tiny_run
+    runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, "exactly one W&B run per job"
+    (run_file,) = runs[0].glob("run-*.wandb")
+    config = wandb_records.config(run_file)
+    assert config["model.hidden_dim"] == 16 and config["data.train_files"] is None
+    rows = wandb_records.history(run_file)
+    logged = read_jsonl(run / "metrics.jsonl")
+    assert sorted({row["_step"] for row in rows}) == sorted({r["step"] for r in logged})
+    assert rows[-1]["eval/accuracy"] == pytest.approx(logged[-1]["eval/accuracy"])
+
+
+def test_a_run_never_writes_into_a_non_empty_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert main(["--config", "tiny", f"--train.output_dir={run}"]) == 2
+    assert "run folder" in capsys.readouterr().err and (run / "notes.txt").read_text() == "mine"
+    assert main(["--config", "tiny", f"--train.output_dir={run}", "--overwrite", "--train.max_steps=2"]) == 0
+    assert (run / "final" / "model.safetensors").is_file() and (run / "notes.txt").read_text() == "mine"
+
+
+def bad_run(tmp_path, capsys, *args) -> str:
+    code = main(["--config", "tiny", f"--train.output_dir={tmp_path / 'run'}", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert not (tmp_path / "run").exists(), "nothing is written for bad input"
+    return lines[0]
+
+
+def test_missing_file(tmp_path, capsys):
+    err = bad_run(tmp_path, capsys, f"--data.train_files={tmp_path}/nope.csv")
+    assert "nope.csv does not exist" in err
+
+
+def test_missing_column_lists_the_columns_found(tmp_path, capsys):
+    path = write_csv(tmp_path / "t.csv", review_rows(20), header=("review", "label"))
+    err = bad_run(tmp_path, capsys, f"--data.train_files={path}")
+    assert "no column 'text'; columns found: review, label (set --data.text_column)" in err
+
+
+def test_unknown_label_in_validation(tmp_path, capsys):
+    train = write_csv(tmp_path / "t.csv", [(t, "pos" if y else "neg") for t, y in review_rows(30)])
+    val = write_csv(tmp_path / "v.csv", [("fine film", "pos"), ("so so", "mixed")])
+    err = bad_run(tmp_path, capsys, f"--data.train_files={train}", f"--data.validation_files={val}")
+    assert "unknown label 'mixed' in the validation split; the training split has: negative, positive" in err
+
+
+def test_single_class_training_set(tmp_path, capsys):
+    path = write_csv(tmp_path / "t.csv", [(t, 1) for t, _ in review_rows(30)])
+    assert "single class ('positive')" in bad_run(tmp_path, capsys, f"--data.train_files={path}")
+
+
+def test_empty_dataset(tmp_path, capsys):
+    path = write_csv(tmp_path / "t.csv", [("", 1), ("  ", 0)])
+    assert "no usable rows" in bad_run(tmp_path, capsys, f"--data.train_files={path}")
+
+
+def test_undecodable_file(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"text,label\n" + "très bien,1\nmauvais,0\n".encode("latin-1") * 20)
+    assert "is not valid UTF-8 text" in bad_run(tmp_path, capsys, f"--data.train_files={path}")
+
+
+def test_unknown_format(tmp_path, capsys):
+    path = tmp_path / "t.xlsx"
+    path.write_text("x")
+    assert "cannot tell the format" in bad_run(tmp_path, capsys, f"--data.train_files={path}")
+
+
+def test_bad_input_exits_2_without_traceback_in_a_real_process(tmp_path):
+    for args, env, expected in [
+        (["--model.hiden_dim=3"], {}, "did you mean model.hidden_dim"),
+        (["--data.name=stanfordnlp/imdb"], {"HF_HUB_OFFLINE": "1"}, "could not load 'stanfordnlp/imdb'"),
+    ]:
+        result = run_cli(["--config", "tiny", *args], cwd=tmp_path, env=env)
+        assert result.returncode == 2, result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    debug = run_cli(["--config", "tiny", "--model.hiden_dim=3", "--debug"], cwd=tmp_path)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+    assert not (tmp_path / "runs").exists()

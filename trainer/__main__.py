@@ -1,0 +1,7 @@
+"""``python -m trainer`` trains; see trainer/train.py for the commands."""
+
+import sys
+
+from trainer.train import main
+
+sys.exit(main())

@@ -1,0 +1,193 @@
+"""The top-level config, presets and command-line overrides.
+
+Precedence: dataclass defaults < preset or YAML file (``--config``) < ``--section.key=value``.
+Merging and type conversion go through OmegaConf structured configs; each module's
+``__post_init__`` checks values. Any problem is a one-line ``UserError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from trainer.checkpoint import CheckpointConfig
+from trainer.data import DataConfig
+from trainer.errors import UserError, check_choice, check_range
+from trainer.model import ModelConfig
+from trainer.optim import OptimConfig
+from trainer.tokenizer import TokenizerConfig
+from trainer.tracking import LoggingConfig
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str | None = field(default=None, metadata={"help": "run folder (default runs/<preset>-<date>-<time>)"})
+    overwrite: bool = field(default=False, metadata={"help": "allow writing into a non-empty run folder"})
+    epochs: int = field(default=5, metadata={"help": "passes over the training data"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    batch_size: int = field(default=64, metadata={"help": "examples per process per micro-step"})
+    eval_batch_size: int | None = field(default=None, metadata={"help": "validation batch size (default 2x)"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+    seed: int = field(default=42, metadata={"help": "seed of weights, dropout and batch order"})
+    eval_every_steps: int = field(default=0, metadata={"help": "also validate every N optimizer steps (0 = off)"})
+    log_every_steps: int = field(default=10, metadata={"help": "log training metrics every N optimizer steps"})
+    cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
+
+    def __post_init__(self) -> None:
+        check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
+        for key in ("epochs", "batch_size", "gradient_accumulation_steps", "log_every_steps"):
+            check_range(f"train.{key}", getattr(self, key), 1)
+        for key in ("max_steps", "eval_batch_size"):
+            if getattr(self, key) is not None:
+                check_range(f"train.{key}", getattr(self, key), 1)
+        check_range("train.eval_every_steps", self.eval_every_steps, 0)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist")
+        return path
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        raise UserError(f"unknown preset {name_or_path!r}; choose one of {', '.join(preset_names())} or a .yaml file")
+    return preset
+
+
+def _field_type(key: str) -> object | None:
+    """The declared type of a dotted key, or None if the key does not exist."""
+    cls: object = Config
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        cls = hints[part]
+    return cls
+
+
+def _valid_keys(prefix: str) -> list[str]:
+    cls = _field_type(prefix) if prefix else Config
+    if not dataclasses.is_dataclass(cls):
+        return []
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _unknown_key(full_key: str) -> UserError:
+    section, _, name = full_key.rpartition(".")
+    while section and _field_type(section) is None:  # an unknown section: complain about it instead
+        section, _, name = section.rpartition(".")
+    valid = _valid_keys(section)
+    where = f"in {section}" if section else "sections"
+    guess = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean {(section + '.' if section else '') + guess[0]}?)" if guess else ""
+    return UserError(f"unknown config key {full_key!r}{hint}; valid {where}: {', '.join(valid)}")
+
+
+def _is_list_type(tp: object) -> bool:
+    return typing.get_origin(tp) is list or any(typing.get_origin(a) is list for a in typing.get_args(tp))
+
+
+def parse_overrides(args: list[str]) -> list[str]:
+    """``--a.b=v`` / ``--a.b v`` -> OmegaConf dotlist entries ``a.b=v``."""
+    dotlist, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise UserError(f"unexpected argument {arg!r}; overrides look like --section.key=value (see --help)")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise UserError(f"{arg} needs a value: {arg}=VALUE")
+            value, i = args[i + 1], i + 1
+        tp = _field_type(key)
+        if tp is None:
+            raise _unknown_key(key)
+        if _is_list_type(tp) and not value.startswith("[") and value != "null":
+            value = "[" + ",".join(v.strip() for v in value.split(",")) + "]"
+        dotlist.append(f"{key}={value}")
+        i += 1
+    return dotlist
+
+
+def _merge(base, other, source: str):
+    try:
+        return OmegaConf.merge(base, other)
+    except ConfigKeyError as exc:
+        raise _unknown_key(exc.full_key) from exc
+    except ValidationError as exc:
+        expected = _field_type(exc.full_key)
+        name = getattr(expected, "__name__", str(expected))
+        raise UserError(f"{exc.full_key}: {exc.msg.splitlines()[0]} (expected {name}; from {source})") from exc
+    except OmegaConfBaseException as exc:
+        raise UserError(f"invalid config from {source}: {str(exc).splitlines()[0]}") from exc
+
+
+def load_config(preset: str | None, overrides: list[str]) -> Config:
+    """defaults < preset or file < overrides; returns a checked ``Config``."""
+    merged = OmegaConf.structured(Config)
+    if preset:
+        path = resolve_preset(preset)
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:
+            raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        merged = _merge(merged, loaded, str(path))
+    merged = _merge(merged, OmegaConf.from_dotlist(parse_overrides(overrides)), "the command line")
+    try:
+        return OmegaConf.to_object(merged)
+    except UserError:
+        raise
+    except OmegaConfBaseException as exc:
+        raise UserError(f"invalid config: {str(exc).splitlines()[0]}") from exc
+
+
+def to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def config_reference() -> str:
+    """Every key with its default and help text, for --help and the README."""
+    lines = []
+
+    def walk(cls, prefix: str) -> None:
+        instance = cls()
+        for f in dataclasses.fields(cls):
+            value = getattr(instance, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(type(value), f"{prefix}{f.name}.")
+            else:
+                default = "null" if value is None else value
+                lines.append(f"  --{prefix}{f.name}={default}".ljust(44) + f" {f.metadata.get('help', '')}")
+
+    for f in dataclasses.fields(Config):
+        lines.append(f"{f.name}:")
+        walk(f.default_factory, f"{f.name}.")
+    return "\n".join(lines)

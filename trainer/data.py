@@ -1,0 +1,445 @@
+"""Data: load (hub, local files or the built-in corpus), normalise labels, split, tokenise, batch.
+
+``prepare_data`` does everything up to tokenised ``datasets.Dataset`` objects, caching the trained
+tokenizer and the tokenised splits under ``data.cache_dir`` keyed by what produced them, so a
+second run on the same data and tokenizer loads them instead of redoing the work.
+``build_dataloaders`` turns them into padded batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader
+
+from trainer import corpus
+from trainer.errors import UserError, check_range
+from trainer.labels import LabelMap
+from trainer.tokenizer import TokenizerConfig, load_tokenizer, pad_id, save_tokenizer, train_tokenizer
+
+BUILTIN = "builtin"
+FORMATS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")
+
+
+@dataclass
+class DataConfig:
+    name: str = field(
+        default=BUILTIN, metadata={"help": "'builtin' (generated corpus) or a Hugging Face Hub dataset name"}
+    )
+    config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration"})
+    revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (branch, tag or commit)"})
+    train_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "local training files (csv, tsv, json, jsonl, parquet; .gz etc. too); overrides name"},
+    )
+    validation_files: list[str] | None = field(default=None, metadata={"help": "local validation files"})
+    train_split: str = field(default="train", metadata={"help": "Hub split to train on"})
+    validation_split: str | None = field(
+        default="validation", metadata={"help": "Hub split to validate on; carved from train if absent"}
+    )
+    text_column: str = field(default="text", metadata={"help": "column holding the text"})
+    label_column: str = field(default="label", metadata={"help": "column holding the label"})
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "share of train carved out for validation when none is given"}
+    )
+    split_seed: int = field(default=42, metadata={"help": "seed of the validation carve-out"})
+    max_length: int = field(default=256, metadata={"help": "truncate texts to this many tokens"})
+    max_train_examples: int | None = field(default=None, metadata={"help": "use at most this many training rows"})
+    max_eval_examples: int | None = field(default=None, metadata={"help": "use at most this many validation rows"})
+    group_by_length: bool = field(
+        default=True, metadata={"help": "batch texts of similar length together (less padding)"}
+    )
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "where tokenizers and tokenised data are cached (default $XDG_CACHE_HOME/sentiment-trainer)"},
+    )
+    builtin: corpus.CorpusConfig = field(default_factory=corpus.CorpusConfig)
+
+    def __post_init__(self) -> None:
+        check_range("data.validation_fraction", self.validation_fraction, 0.0, 0.9)
+        check_range("data.max_length", self.max_length, 1)
+        check_range("data.num_workers", self.num_workers, 0)
+        for key in ("max_train_examples", "max_eval_examples"):
+            if getattr(self, key) is not None:
+                check_range(f"data.{key}", getattr(self, key), 1)
+
+    @property
+    def source(self) -> str:
+        return "files" if self.train_files else ("builtin" if self.name == BUILTIN else "hub")
+
+
+@dataclass
+class PreparedData:
+    train: datasets.Dataset  # columns: input_ids, length, label
+    validation: datasets.Dataset
+    tokenizer: Tokenizer
+    label_map: LabelMap
+    stats: dict
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sentiment-trainer"
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _file_format(path: str) -> str:
+    name = path.lower()
+    for suffix in COMPRESSIONS:
+        name = name.removesuffix(suffix)
+    ext = name.rsplit(".", 1)[-1]
+    if ext not in FORMATS:
+        raise UserError(f"cannot tell the format of {path}; use a .csv, .tsv, .json, .jsonl or .parquet file")
+    return ext
+
+
+def _file_identity(paths: list[str]) -> list:
+    identity = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise UserError(f"data file {path} does not exist; check --data.train_files / --data.validation_files")
+        stat = os.stat(path)
+        identity.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+    return identity
+
+
+def source_identity(config: DataConfig) -> dict:
+    """What determines the prepared (pre-tokenisation) data; part of every cache key."""
+    keys = ("text_column", "label_column", "validation_fraction", "split_seed", "max_train_examples")
+    prep = {k: getattr(config, k) for k in (*keys, "max_eval_examples")}
+    if config.source == "files":
+        files = {
+            "train": _file_identity(config.train_files),
+            "validation": _file_identity(config.validation_files or []),
+        }
+        return {"files": files, **prep}
+    if config.source == "builtin":
+        return {"builtin": corpus.CORPUS_VERSION, **asdict(config.builtin), **prep}
+    hub = {k: getattr(config, k) for k in ("name", "config_name", "revision", "train_split", "validation_split")}
+    return {"hub": hub, **prep}
+
+
+def _load_files(paths: list[str]) -> datasets.Dataset:
+    formats = {FORMATS[_file_format(p)] for p in paths}
+    if len(formats) > 1:
+        raise UserError(f"files {paths} mix formats; give files of one format per split")
+    builder = formats.pop()
+    kwargs = {"keep_default_na": False} if builder == "csv" else {}
+    if builder == "csv" and all(_file_format(p) == "tsv" for p in paths):
+        kwargs["sep"] = "\t"
+    try:
+        return datasets.load_dataset(builder, data_files=paths, split="train", **kwargs)
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{', '.join(paths)} is not valid UTF-8 text ({exc.reason}); convert it, e.g. with iconv"
+        ) from exc
+    except datasets.exceptions.DatasetGenerationError as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, UnicodeDecodeError):
+            raise UserError(f"{', '.join(paths)} is not valid UTF-8 text; convert it, e.g. with iconv") from exc
+        raise UserError(f"could not read {', '.join(paths)}: {str(cause).splitlines()[0]}") from exc
+
+
+def _load_hub(config: DataConfig) -> datasets.DatasetDict:
+    try:
+        return datasets.load_dataset(config.name, config.config_name, revision=config.revision)
+    except (ConnectionError, OSError) as exc:
+        raise UserError(
+            f"could not load {config.name!r} from the Hugging Face Hub ({str(exc).splitlines()[0][:160]}); "
+            "check the name and the network, or train on local files with --data.train_files"
+        ) from exc
+    except Exception as exc:  # the hub client raises many types for a missing or unreachable dataset
+        if type(exc).__module__.startswith(("datasets", "huggingface_hub", "requests", "httpx")):
+            raise UserError(
+                f"could not load {config.name!r} from the Hugging Face Hub ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:160]}); check the name and the network, or use --data.train_files"
+            ) from exc
+        raise
+
+
+def load_raw_splits(config: DataConfig) -> dict[str, datasets.Dataset | None]:
+    """The raw train and (possibly missing) validation splits, before any cleaning."""
+    if config.source == "files":
+        validation = _load_files(config.validation_files) if config.validation_files else None
+        return {"train": _load_files(config.train_files), "validation": validation}
+    if config.source == "builtin":
+        return {"train": datasets.Dataset.from_dict(corpus.generate_corpus(config.builtin)), "validation": None}
+    splits = _load_hub(config)
+    if config.train_split not in splits:
+        raise UserError(f"{config.name} has no split {config.train_split!r}; it has: {', '.join(splits)}")
+    return {"train": splits[config.train_split], "validation": splits.get(config.validation_split)}
+
+
+def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> datasets.Dataset:
+    for key in ("text_column", "label_column"):
+        column = getattr(config, key)
+        if column not in ds.column_names:
+            found = ", ".join(ds.column_names) or "none"
+            raise UserError(f"the {split} split has no column {column!r}; columns found: {found} (set --data.{key})")
+    ds = ds.select_columns([config.text_column, config.label_column])
+    label_feature = ds.features[config.label_column]
+    if isinstance(label_feature, datasets.ClassLabel):  # hub datasets: ids -> their names
+        ds = ds.cast_column(config.label_column, datasets.Value("string"))
+        names = label_feature.names
+        ds = ds.map(lambda b: {config.label_column: [names[int(v)] for v in b[config.label_column]]}, batched=True)
+    if config.text_column != "text":
+        ds = ds.rename_column(config.text_column, "text")
+    if config.label_column != "label":
+        ds = ds.rename_column(config.label_column, "label")
+    return ds
+
+
+def _drop_empty(ds: datasets.Dataset) -> tuple[datasets.Dataset, int]:
+    kept = ds.filter(
+        lambda b: [
+            isinstance(t, str) and t.strip() != "" and y is not None for t, y in zip(b["text"], b["label"], strict=True)
+        ],
+        batched=True,
+    )
+    return kept, len(ds) - len(kept)
+
+
+def _encode_labels(ds: datasets.Dataset, label_map: LabelMap, split: str) -> datasets.Dataset:
+    encoded = ds.map(
+        lambda b: {"label": [label_map.encode(v, split) for v in b["label"]]},
+        batched=True,
+        features=datasets.Features({"text": ds.features["text"], "label": datasets.Value("int64")}),
+    )
+    return encoded
+
+
+def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) -> tuple[dict, LabelMap, dict]:
+    """Select and rename columns, drop empty texts, map labels to ids, carve validation, cap sizes."""
+    stats: dict = {}
+    splits = {}
+    for split, ds in raw.items():
+        if ds is None:
+            continue
+        ds, dropped = _drop_empty(_select_columns(ds, config, split))
+        stats[f"{split}_dropped_empty"] = dropped
+        if len(ds) == 0:
+            raise UserError(f"the {split} split has no usable rows (all texts empty or missing); check the data")
+        splits[split] = ds
+
+    label_map = LabelMap.infer(splits["train"].unique("label"))
+    if len(label_map.names) < 2:
+        raise UserError(
+            f"the training split has a single class ({label_map.names[0]!r}); a classifier needs at least two"
+        )
+    splits = {split: _encode_labels(ds, label_map, split) for split, ds in splits.items()}
+
+    if "validation" not in splits:
+        if len(splits["train"]) < 10:
+            raise UserError(
+                f"the training split has only {len(splits['train'])} rows, too few to carve a validation split"
+            )
+        carved = splits["train"].train_test_split(
+            test_size=config.validation_fraction or 0.1, seed=config.split_seed, shuffle=True
+        )
+        splits = {"train": carved["train"], "validation": carved["test"]}
+        stats["validation_carved"] = True
+    for split, cap in (("train", config.max_train_examples), ("validation", config.max_eval_examples)):
+        if cap is not None and cap < len(splits[split]):
+            splits[split] = splits[split].shuffle(seed=config.split_seed).select(range(cap))
+    stats.update({f"{split}_examples": len(ds) for split, ds in splits.items()})
+    return splits, label_map, stats
+
+
+def _text_batches(ds: datasets.Dataset, batch_size: int = 1000) -> Iterator[list[str]]:
+    for start in range(0, len(ds), batch_size):
+        yield ds[start : start + batch_size]["text"]
+
+
+def build_tokenizer(train: datasets.Dataset, config: TokenizerConfig, cache_dir: Path, data_key: str) -> tuple:
+    """The tokenizer from ``config.path``, the cache, or trained on ``train``; returns (tokenizer, cache hit)."""
+    if config.path:
+        return load_tokenizer(config.path), True
+    path = cache_dir / "tokenizers" / f"{_digest([data_key, asdict(config)])}.json"
+    if path.is_file():
+        return load_tokenizer(path), True
+    tokenizer = train_tokenizer(_text_batches(train), config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_tokenizer(tokenizer, tmp)
+    os.replace(tmp, path)
+    return tokenizer, False
+
+
+def tokenize_split(
+    ds: datasets.Dataset, tokenizer: Tokenizer, max_length: int, cache_file: Path
+) -> tuple[datasets.Dataset, bool]:
+    """Batched ``datasets.map`` tokenisation cached in ``cache_file``; returns (dataset, cache hit)."""
+    hit = cache_file.is_file()
+
+    def encode(batch: dict) -> dict:
+        ids = [encoding.ids[:max_length] for encoding in tokenizer.encode_batch(batch["text"])]
+        return {"input_ids": ids, "length": [len(x) for x in ids]}
+
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tokenized = ds.map(
+        encode,
+        batched=True,
+        batch_size=1000,
+        remove_columns=["text"],
+        cache_file_name=str(cache_file),
+        load_from_cache_file=True,
+        desc="Tokenising",
+    )
+    return tokenized, hit
+
+
+def prepare_data(
+    config: DataConfig,
+    tokenizer_config: TokenizerConfig,
+    main_process_first: Callable[[], AbstractContextManager] = nullcontext,
+) -> PreparedData:
+    """Load, clean, tokenise. The main process does the work first; the others then hit the caches."""
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    datasets.disable_progress_bars()  # we report one line per stage instead
+    started = time.perf_counter()
+    with main_process_first():
+        data_key = _digest(source_identity(config))
+        splits, label_map, stats = clean_splits(load_raw_splits(config), config)
+        tokenizer, stats["tokenizer_cache_hit"] = build_tokenizer(
+            splits["train"], tokenizer_config, cache_dir, data_key
+        )
+        stats["load_seconds"] = round(time.perf_counter() - started, 2)
+        tokens_key = _digest([data_key, tokenizer.to_str(), config.max_length])
+        tokenized = {}
+        for split, ds in splits.items():
+            tokenized[split], stats[f"{split}_tokens_cache_hit"] = tokenize_split(
+                ds, tokenizer, config.max_length, cache_dir / "tokenized" / f"{tokens_key}-{split}.arrow"
+            )
+        stats["tokenize_seconds"] = round(time.perf_counter() - started - stats["load_seconds"], 2)
+    return PreparedData(tokenized["train"], tokenized["validation"], tokenizer, label_map, stats)
+
+
+class LengthGroupedBatchSampler:
+    """Shuffled batches of indices, optionally grouped by length, shard-friendly.
+
+    Each epoch: a seeded permutation; with ``group_by_length``, chunks of ``mega_batches`` batches
+    are sorted by length and cut into batches (as HF Trainer's ``group_by_length``), so every
+    batch, and every round of ``num_shards`` consecutive batches, holds similar lengths. The batch
+    count is always a multiple of ``num_shards`` with no empty batch, so accelerate's
+    ``BatchSamplerShard`` (which deals batch i to process i % num_shards) gives every process the
+    same number of batches and every example to exactly one process, once per epoch: the last
+    round's examples are spread evenly instead of padded with repeats.
+
+    ``batch_size`` is None on purpose: it tells accelerate that batch sizes vary, so it does not
+    try to complete short batches with examples from the start of the epoch.
+    """
+
+    batch_size = None
+
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        num_shards: int = 1,
+        seed: int = 0,
+        group_by_length: bool = True,
+        mega_batches: int = 50,
+    ) -> None:
+        if len(lengths) < num_shards:
+            raise UserError(f"{len(lengths)} training examples cannot be shared among {num_shards} processes")
+        self.lengths = lengths
+        self.per_batch = batch_size
+        self.num_shards = num_shards
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.mega_batches = mega_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full_rounds, rest = divmod(len(self.lengths), self.per_batch * self.num_shards)
+        # A remainder smaller than num_shards is folded into the last full round.
+        return (full_rounds + (rest >= self.num_shards)) * self.num_shards
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        if self.group_by_length:
+            mega = self.per_batch * self.mega_batches
+            order = [
+                i
+                for start in range(0, len(order), mega)
+                for i in sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
+            ]
+        n, round_size = self.num_shards, self.per_batch * self.num_shards
+        full = len(order) // round_size * round_size
+        batches = [order[i : i + self.per_batch] for i in range(0, full, self.per_batch)]
+        rest = order[full:]
+        if 0 < len(rest) < n:  # too few to give each process one: fold into the last full round
+            rest = [i for batch in batches[-n:] for i in batch] + rest
+            del batches[-n:]
+        if rest:
+            share, extra = divmod(len(rest), n)
+            bounds = [k * share + min(k, extra) for k in range(n + 1)]
+            batches += [rest[bounds[k] : bounds[k + 1]] for k in range(n)]
+        # Shuffle whole rounds, so processes still see similar lengths at the same step.
+        rounds = [batches[i : i + n] for i in range(0, len(batches), n)]
+        random.Random(self.seed + self.epoch).shuffle(rounds)
+        for round_ in rounds:
+            yield from round_
+
+
+class PaddingCollator:
+    """Pads a list of rows to the longest (rounded up to ``pad_to_multiple_of``)."""
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int = 1) -> None:
+        self.pad_id = pad_id
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        lengths = torch.tensor([row["length"] for row in rows], dtype=torch.long)
+        width = max(1, int(lengths.max()))
+        width = -(-width // self.multiple) * self.multiple
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : row["length"]] = torch.as_tensor(row["input_ids"], dtype=torch.long)
+        labels = torch.tensor([row["label"] for row in rows], dtype=torch.long)
+        return {"input_ids": input_ids, "lengths": lengths, "labels": labels}
+
+
+def build_dataloaders(
+    data: PreparedData,
+    config: DataConfig,
+    batch_size: int,
+    eval_batch_size: int,
+    num_shards: int = 1,
+    seed: int = 0,
+    pad_to_multiple_of: int = 1,
+) -> tuple[DataLoader, DataLoader]:
+    """Training loader (length-grouped, shard-friendly batches) and validation loader.
+
+    Validation goes in order of length (least padding); ``gather_for_metrics`` drops the repeats
+    accelerate adds to even out the last batches, so metrics are exact on any number of processes.
+    """
+    collate = PaddingCollator(pad_id(data.tokenizer), pad_to_multiple_of)
+    sampler = LengthGroupedBatchSampler(data.train["length"], batch_size, num_shards, seed, config.group_by_length)
+    common = {"collate_fn": collate, "num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
+    train_loader = DataLoader(data.train, batch_sampler=sampler, **common)
+    lengths = data.validation["length"]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    validation = data.validation.select(order)
+    eval_loader = DataLoader(validation, batch_size=eval_batch_size, shuffle=False, **common)
+    return train_loader, eval_loader

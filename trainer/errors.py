@@ -1,0 +1,26 @@
+"""User-facing errors: one line that names the problem and the fix, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """Bad input from the user (config, data, paths). Printed as one line; exits with code 2."""
+
+
+def check_choice(key: str, value: object, choices: Iterable[object]) -> None:
+    choices = list(choices)
+    if value not in choices:
+        valid = ", ".join(repr(c) for c in choices)
+        raise UserError(f"{key}={value!r} is not valid; choose one of {valid}")
+
+
+def check_range(key: str, value: float | int, low: float | None = None, high: float | None = None) -> None:
+    """Check low <= value <= high (either bound may be None)."""
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise UserError(f"{key}={value!r} is out of range; it must be in [{lo}, {hi}]")

@@ -1,0 +1,98 @@
+"""Metric maths from per-example predictions, and the JSONL + tracker metrics log."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve for binary labels (Mann-Whitney U, ties counted half)."""
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = torch.argsort(scores.double())
+    sorted_scores = scores.double()[order]
+    ranks = torch.empty(len(scores), dtype=torch.float64)
+    # Average ranks over ties.
+    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    average = ends - (counts.double() - 1) / 2
+    ranks[order] = average[inverse]
+    rank_sum = ranks[labels.bool()].sum().item()
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def classification_metrics(probabilities: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor) -> dict:
+    """probabilities: (N, C), labels: (N,), losses: (N,) per-example losses.
+
+    Two classes: precision/recall/F1 of class 1 and ROC-AUC. More: macro averages.
+    """
+    num_classes = probabilities.size(1)
+    predictions = probabilities.argmax(dim=1)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)  # [true, predicted]
+    confusion.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
+    true_pos = confusion.diag().double()
+    predicted = confusion.sum(0).double()
+    actual = confusion.sum(1).double()
+    precision = torch.where(predicted > 0, true_pos / predicted.clamp(min=1), torch.zeros_like(true_pos))
+    recall = torch.where(actual > 0, true_pos / actual.clamp(min=1), torch.zeros_like(true_pos))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros_like(true_pos))
+    metrics = {"loss": losses.double().mean().item(), "accuracy": (predictions == labels).double().mean().item()}
+    if num_classes == 2:
+        metrics.update(precision=precision[1].item(), recall=recall[1].item(), f1=f1[1].item())
+        metrics["roc_auc"] = roc_auc(probabilities[:, 1], labels)
+    else:
+        metrics.update(precision=precision.mean().item(), recall=recall.mean().item(), f1=f1.mean().item())
+    metrics["n"] = len(labels)
+    return metrics
+
+
+METRIC_MODES = {"loss": "min", "accuracy": "max", "precision": "max", "recall": "max", "f1": "max", "roc_auc": "max"}
+
+
+def is_better(value: float, best: float | None, metric: str) -> bool:
+    if best is None:
+        return True
+    return value < best if METRIC_MODES[metric] == "min" else value > best
+
+
+class Throughput:
+    """Real (non-padding) tokens and examples per second since the last ``read``."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.start = time.perf_counter()
+        self.tokens = 0
+        self.examples = 0
+
+    def update(self, tokens: int, examples: int) -> None:
+        self.tokens += tokens
+        self.examples += examples
+
+    def read(self) -> dict:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rates = {"tokens_per_s": self.tokens / elapsed, "examples_per_s": self.examples / elapsed}
+        self.reset()
+        return rates
+
+
+class MetricsLog:
+    """Appends one JSON object per record to ``metrics.jsonl`` and forwards it to the trackers."""
+
+    def __init__(self, path: Path | None, log_to_trackers) -> None:
+        self.path = path
+        self.log_to_trackers = log_to_trackers
+
+    def write(self, record: dict, step: int) -> None:
+        record = {"step": step, **record}
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        self.log_to_trackers({k: v for k, v in record.items() if k != "step"}, step=step)

@@ -1,0 +1,63 @@
+"""Optimizer (AdamW) and learning-rate schedule (warm-up, then constant, linear or cosine decay)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+
+from trainer.errors import UserError, check_choice, check_range
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (the seed's Adam 1e-3)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay (0 = Adam)"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "AdamW betas"})
+    eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    schedule: str = field(default="linear", metadata={"help": "after warm-up: constant, linear or cosine decay"})
+    warmup_steps: int = field(default=0, metadata={"help": "warm-up optimizer steps (overrides warmup_ratio)"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "warm-up as a share of all optimizer steps"})
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "final learning rate as a share of lr"})
+    max_grad_norm: float = field(default=5.0, metadata={"help": "clip gradients to this norm (0 = no clipping)"})
+
+    def __post_init__(self) -> None:
+        check_range("optim.lr", self.lr, 0.0)
+        check_range("optim.weight_decay", self.weight_decay, 0.0)
+        check_choice("optim.schedule", self.schedule, SCHEDULES)
+        check_range("optim.warmup_steps", self.warmup_steps, 0)
+        check_range("optim.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_range("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_range("optim.max_grad_norm", self.max_grad_norm, 0.0)
+        if len(self.betas) != 2:
+            raise UserError(f"optim.betas={self.betas} must hold two numbers, e.g. [0.9,0.999]")
+
+
+def build_optimizer(model: torch.nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    # Decay weight matrices only, not biases.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int) -> LRScheduler:
+    """A schedule over ``total_steps`` optimizer steps; step it once per optimizer step."""
+    warmup = config.warmup_steps or round(config.warmup_ratio * total_steps)
+    warmup = min(warmup, max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warmup, 1)
+    if config.schedule == "cosine":
+        decay = CosineAnnealingLR(optimizer, T_max=decay_steps, eta_min=config.lr * config.min_lr_ratio)
+    elif config.schedule == "linear":
+        decay = LinearLR(
+            optimizer, start_factor=1.0, end_factor=max(config.min_lr_ratio, 1e-8), total_iters=decay_steps
+        )
+    else:
+        decay = ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup == 0:
+        return decay
+    ramp = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+    return SequentialLR(optimizer, [ramp, decay], milestones=[warmup])

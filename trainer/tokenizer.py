@@ -1,0 +1,85 @@
+"""Tokenizer (Hugging Face ``tokenizers``): train on the training split, or load a tokenizer.json."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from trainer.errors import UserError, check_choice, check_range
+
+PAD_TOKEN = "[PAD]"
+UNK_TOKEN = "[UNK]"
+# Trained tokenizers put these at fixed ids.
+PAD_ID, UNK_ID = 0, 1
+TOKENIZER_MODELS = ("wordpiece", "wordlevel", "bpe")
+
+
+@dataclass
+class TokenizerConfig:
+    path: str | None = field(
+        default=None, metadata={"help": "an existing tokenizer.json to use instead of training one"}
+    )
+    model: str = field(default="wordpiece", metadata={"help": "wordpiece, wordlevel or bpe"})
+    vocab_size: int = field(default=20000, metadata={"help": "largest vocabulary, special tokens included"})
+    min_frequency: int = field(default=2, metadata={"help": "drop tokens seen fewer times in training texts"})
+    lowercase: bool = field(default=True, metadata={"help": "lowercase before tokenising"})
+
+    def __post_init__(self) -> None:
+        check_choice("tokenizer.model", self.model, TOKENIZER_MODELS)
+        check_range("tokenizer.vocab_size", self.vocab_size, 3)
+        check_range("tokenizer.min_frequency", self.min_frequency, 1)
+
+
+def build_normalizer(lowercase: bool) -> normalizers.Normalizer:
+    steps = [
+        normalizers.NFKC(),
+        normalizers.Replace(Regex(r"(?i)<br\s*/?>"), " "),  # IMDB's line breaks
+        normalizers.Replace(Regex(r"[\x00-\x08\x0b-\x1f\x7f]"), " "),  # stray control characters
+    ]
+    if lowercase:
+        steps.append(normalizers.Lowercase())
+    return normalizers.Sequence(steps)
+
+
+def train_tokenizer(texts: Iterator[list[str]], config: TokenizerConfig) -> Tokenizer:
+    """Train on batches of texts (the training split only)."""
+    special = [PAD_TOKEN, UNK_TOKEN]
+    kwargs = {"vocab_size": config.vocab_size, "min_frequency": config.min_frequency, "special_tokens": special}
+    if config.model == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token=UNK_TOKEN))
+        trainer = trainers.WordPieceTrainer(**kwargs, show_progress=False)
+    elif config.model == "bpe":
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
+        trainer = trainers.BpeTrainer(**kwargs, show_progress=False)
+    else:
+        tokenizer = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
+        trainer = trainers.WordLevelTrainer(**kwargs, show_progress=False)
+    tokenizer.normalizer = build_normalizer(config.lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    assert tokenizer.token_to_id(PAD_TOKEN) == PAD_ID and tokenizer.token_to_id(UNK_TOKEN) == UNK_ID
+    return tokenizer
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"tokenizer file {path} does not exist; give a tokenizer.json or leave tokenizer.path unset")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise UserError(f"{path} is not a valid tokenizer.json ({str(exc).splitlines()[0]})") from exc
+    if tokenizer.token_to_id(PAD_TOKEN) is None:
+        raise UserError(f"tokenizer {path} has no {PAD_TOKEN} token; add it or train a new tokenizer")
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:
+    Path(path).write_text(tokenizer.to_str(), encoding="utf-8")
+
+
+def pad_id(tokenizer: Tokenizer) -> int:
+    return tokenizer.token_to_id(PAD_TOKEN)

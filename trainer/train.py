@@ -1,0 +1,369 @@
+"""Train a sentiment classifier: ``python -m trainer [--config PRESET|FILE] [--section.key=value ...]``.
+
+    # CPU or one GPU (built-in data, the `default` preset)
+    accelerate launch -m trainer
+    # IMDB from the Hugging Face Hub, 8 GPUs, bf16
+    accelerate launch --multi_gpu --num_processes 8 -m trainer --config imdb --train.mixed_precision=bf16
+    # local files
+    accelerate launch -m trainer --data.train_files=train.csv.gz --data.validation_files=val.csv
+    # several CPU processes (a real gloo process group)
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m trainer
+    # a cluster: see launch/ and the README
+
+Flags: --config NAME|PATH, --overwrite, --debug (tracebacks), --help (every config key).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from tqdm.auto import tqdm
+
+from trainer.checkpoint import export_model, state_digest
+from trainer.config import Config, config_reference, load_config, preset_names, to_yaml
+from trainer.data import build_dataloaders, prepare_data
+from trainer.errors import EXIT_USAGE, UserError
+from trainer.metrics import MetricsLog, Throughput, classification_metrics, is_better
+from trainer.model import SentimentRNN, class_probabilities, classification_loss
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.tokenizer import pad_id, save_tokenizer
+from trainer.tracking import tracker_setup
+
+DEFAULT_PRESET = "default"
+
+
+def on_cpu(config: Config) -> bool:
+    """Train on the CPU when asked to or when there is no accelerator.
+
+    Accelerate forms a CPU (gloo) process group only when told it is on the CPU; without this,
+    ``accelerate launch --multi_gpu --num_processes 2`` on a CPU-only machine would start two
+    independent single-process runs.
+    """
+    return config.train.cpu or not torch.accelerator.is_available()
+
+
+def build_accelerator(config: Config, log_with: list[str]) -> Accelerator:
+    try:
+        return Accelerator(
+            mixed_precision=config.train.mixed_precision,
+            gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+            log_with=log_with or None,
+            cpu=on_cpu(config),
+            # We step the scheduler ourselves, once per optimizer step, whatever the process count.
+            step_scheduler_with_optimizer=False,
+        )
+    except ValueError as exc:  # e.g. fp16 without a GPU
+        raise UserError(f"train.mixed_precision={config.train.mixed_precision}: {exc}") from exc
+
+
+def resolve_run_dir(config: Config, preset: str, state: PartialState) -> Path:
+    """The run folder, the same on every process; refuses a non-empty one without --overwrite."""
+    name = config.train.output_dir
+    if name is None:
+        name = f"runs/{Path(preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = broadcast_object_list([name])[0]  # processes may start in different seconds
+    run_dir = Path(name)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} exists and is not a folder; choose another --train.output_dir")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not config.train.overwrite:
+        raise UserError(
+            f"run folder {run_dir} is not empty; pass --overwrite to train into it or choose another --train.output_dir"
+        )
+    state.wait_for_everyone()  # every process checked before the main one writes
+    return run_dir
+
+
+def run_info(config: Config, accelerator: Accelerator, data_stats: dict) -> dict:
+    import accelerate
+    import datasets
+    import tokenizers
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    versions |= {"accelerate": accelerate.__version__, "datasets": datasets.__version__}
+    versions["tokenizers"] = tokenizers.__version__
+    try:
+        import wandb
+
+        versions["wandb"] = wandb.__version__
+    except ImportError:
+        pass
+    return {
+        "world_size": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type.value),
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "global_batch_size": config.train.batch_size
+        * accelerator.num_processes
+        * config.train.gradient_accumulation_steps,
+        "git_commit": git_commit(),
+        "versions": versions,
+        "host": platform.node(),
+        "command": sys.argv,
+        "data": data_stats,
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--verify", "-q", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator) -> dict:
+    """Metrics over the whole validation set, from per-example predictions of every process."""
+    model.eval()
+    probabilities, labels, losses = [], [], []
+    for batch in loader:
+        logits = model(batch["input_ids"], batch["lengths"])
+        loss = classification_loss(logits, batch["labels"], reduction="none")
+        gathered = accelerator.gather_for_metrics((class_probabilities(logits), batch["labels"], loss))
+        for store, tensor in zip((probabilities, labels, losses), gathered, strict=True):
+            store.append(tensor.cpu())
+    model.train()
+    return classification_metrics(torch.cat(probabilities), torch.cat(labels), torch.cat(losses))
+
+
+def fit(config: Config, preset: str) -> dict:
+    """Build everything, train, export best/ and final/; returns the final validation metrics."""
+    started = time.time()
+    trainer_cfg = config.train
+    # The process group comes first: the run folder (and so the W&B folder) is agreed on it.
+    run_dir = resolve_run_dir(config, preset, PartialState(cpu=on_cpu(config)))
+    log_with, tracker_kwargs, tracker_note = tracker_setup(config.logging, run_dir)
+    accelerator = build_accelerator(config, log_with)
+    set_seed(trainer_cfg.seed)
+
+    data = prepare_data(config.data, config.tokenizer, accelerator.main_process_first)
+    train_loader, eval_loader = build_dataloaders(
+        data,
+        config.data,
+        batch_size=trainer_cfg.batch_size,
+        eval_batch_size=trainer_cfg.eval_batch_size or 2 * trainer_cfg.batch_size,
+        num_shards=accelerator.num_processes,
+        seed=trainer_cfg.seed,
+        pad_to_multiple_of=8 if accelerator.mixed_precision != "no" else 1,
+    )
+    sampler = train_loader.batch_sampler
+    batches_per_process = len(sampler) // accelerator.num_processes
+    steps_per_epoch = math.ceil(batches_per_process / trainer_cfg.gradient_accumulation_steps)
+    total_steps = trainer_cfg.max_steps or trainer_cfg.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    model = SentimentRNN(
+        config.model, data.tokenizer.get_vocab_size(), len(data.label_map.names), pad_id(data.tokenizer)
+    )
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, total_steps)
+    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader, scheduler
+    )
+
+    info = run_info(config, accelerator, data.stats)
+    info |= {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "epochs": epochs}
+    info["num_parameters"] = sum(p.numel() for p in model.parameters())
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # only reachable with --overwrite
+        save_tokenizer(data.tokenizer, run_dir / "tokenizer.json")
+        write_json(run_dir / "run_info.json", info)
+    if log_with:
+        hparams = flatten(asdict(config), scalars_only="tensorboard" in log_with)
+        accelerator.init_trackers(config.logging.project, config=hparams, init_kwargs=tracker_kwargs)
+    log = MetricsLog(run_dir / "metrics.jsonl" if accelerator.is_main_process else None, accelerator.log)
+
+    cached = "from cache" if data.stats["train_tokens_cache_hit"] else "tokenised"
+    accelerator.print(
+        f"data: {len(data.train)} train / {len(data.validation)} validation examples "
+        f"({data.stats['load_seconds']:.1f}s to load, {cached} in {data.stats['tokenize_seconds']:.1f}s)"
+    )
+    accelerator.print(
+        f"run folder {run_dir} | {accelerator.num_processes} process(es) on {accelerator.device}, "
+        f"precision {accelerator.mixed_precision} | "
+        f"{len(data.label_map.names)} labels, vocabulary {data.tokenizer.get_vocab_size()} | "
+        f"{info['num_parameters']:,} parameters | {total_steps} steps"
+    )
+    if tracker_note:
+        accelerator.print(tracker_note)
+
+    best_value, best_metrics, metrics = None, None, {}
+    step, last_eval_step = 0, -1
+    throughput, loss_sum, loss_count = Throughput(), torch.zeros((), device=accelerator.device), 0
+    progress = tqdm(total=total_steps, disable=not accelerator.is_main_process, desc="training", unit="step")
+
+    def validate(epoch: float) -> None:
+        nonlocal best_value, best_metrics, metrics, last_eval_step
+        metrics = evaluate(model, eval_loader, accelerator)
+        last_eval_step = step
+        log.write({"epoch": round(epoch, 3), **{f"eval/{k}": v for k, v in metrics.items()}}, step)
+        value = metrics[config.checkpoint.best_metric]
+        if is_better(value, best_value, config.checkpoint.best_metric):
+            best_value, best_metrics = value, metrics
+            if config.checkpoint.save_best and accelerator.is_main_process:
+                export(run_dir / "best", model, accelerator, data, config, {"step": step, "metrics": metrics})
+        progress.write(
+            f"step {step} epoch {epoch:.2f}: validation loss {metrics['loss']:.4f} accuracy {metrics['accuracy']:.4f}"
+            f" f1 {metrics['f1']:.4f}" + (" (best)" if best_metrics is metrics else "")
+        )
+
+    model.train()
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        train_loader.set_epoch(epoch)
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                logits = model(batch["input_ids"], batch["lengths"])
+                loss = classification_loss(logits, batch["labels"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            loss_count += 1
+            throughput.update(int(batch["lengths"].sum()), len(batch["lengths"]))
+            if not accelerator.sync_gradients:
+                continue
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            step += 1
+            progress.update(1)
+            if step % trainer_cfg.log_every_steps == 0 or step == total_steps:
+                mean_loss = accelerator.reduce(loss_sum / loss_count, "mean").item()
+                rates = throughput.read()
+                totals = accelerator.reduce(
+                    torch.tensor([rates["tokens_per_s"], rates["examples_per_s"]], device=accelerator.device), "sum"
+                ).tolist()
+                record = {"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}
+                record |= {"train/tokens_per_s": totals[0], "train/examples_per_s": totals[1]}
+                record["epoch"] = round(epoch + (step - epoch * steps_per_epoch) / steps_per_epoch, 3)
+                log.write(record, step)
+                progress.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{totals[0]:,.0f}")
+                loss_sum.zero_()
+                loss_count = 0
+            if trainer_cfg.eval_every_steps and step % trainer_cfg.eval_every_steps == 0:
+                validate(epoch + (step - epoch * steps_per_epoch) / steps_per_epoch)
+            if step >= total_steps:
+                break
+        if step >= total_steps:
+            break
+        if last_eval_step != step:
+            validate(epoch + 1)
+    if last_eval_step != step:
+        validate(step / steps_per_epoch)
+    progress.close()
+
+    digests = gather_object([state_digest(accelerator.unwrap_model(model))])
+    if accelerator.is_main_process:
+        if config.checkpoint.save_final:
+            export(run_dir / "final", model, accelerator, data, config, {"step": step, "metrics": metrics})
+        info |= {
+            "final_step": step,
+            "final_metrics": metrics,
+            "best_metric": config.checkpoint.best_metric,
+            "best_metrics": best_metrics,
+            "weight_digests": digests,
+            "train_seconds": round(time.time() - started, 1),
+        }
+        write_json(run_dir / "run_info.json", info)
+    accelerator.print(
+        f"done in {time.time() - started:.0f}s: best validation {config.checkpoint.best_metric} "
+        f"{best_value:.4f} (accuracy {best_metrics['accuracy']:.4f}) saved to {run_dir / 'best'}"
+    )
+    accelerator.end_training()
+    return metrics
+
+
+def export(out_dir: Path, model, accelerator: Accelerator, data, config: Config, extra: dict) -> None:
+    export_model(
+        out_dir, accelerator.unwrap_model(model), data.tokenizer, data.label_map.names, config.data.max_length, extra
+    )
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def flatten(tree: dict, prefix: str = "", scalars_only: bool = False) -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; TensorBoard's hparams take only scalars (lists, None -> str)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.", scalars_only)
+        elif scalars_only and not isinstance(value, (int, float, str, bool)):
+            flat[f"{prefix}{key}"] = str(value)
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def parse_cli(argv: list[str]) -> tuple[str, list[str], bool, bool]:
+    """(preset, overrides, overwrite, debug); --help prints the reference and exits."""
+    preset, overrides, overwrite, debug = DEFAULT_PRESET, [], False, False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            print(f"Presets: {', '.join(preset_names())}\n\nConfig keys (--section.key=value):")
+            print(config_reference())
+            raise SystemExit(0)
+        if arg == "--config" or arg.startswith("--config="):
+            if "=" in arg:
+                preset = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                preset, i = argv[i + 1], i + 1
+            else:
+                raise UserError("--config needs a preset name or a YAML file")
+        elif arg == "--overwrite":
+            overwrite = True
+        elif arg == "--debug":
+            debug = True
+        else:
+            overrides.append(arg)
+        i += 1
+    return preset, overrides, overwrite, debug
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        preset, overrides, overwrite, debug = parse_cli(argv)
+        config = load_config(preset, overrides)
+        config.train.overwrite = config.train.overwrite or overwrite
+        fit(config, preset)
+        return 0
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        if PartialState().is_main_process:
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
