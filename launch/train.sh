@@ -5,7 +5,7 @@
 #   NUM_PROCESSES=N         processes for the multi-GPU config (default: every GPU)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$ROOT/launch/setup.sh"
+source "$ROOT/launch/setup.sh" ""  # no extras (an explicit argument: the sourced script would see ours)
 
 gpus=0
 if command -v nvidia-smi >/dev/null 2>&1; then
@@ -19,6 +19,6 @@ elif [ "$gpus" -gt 1 ]; then
 elif [ "$gpus" -eq 1 ]; then
   launch_args=(--config_file "$ROOT/accelerate_configs/gpu.yaml")
 else
-  launch_args=(--config_file "$ROOT/accelerate_configs/cpu.yaml")
+  launch_args=(--config_file "$ROOT/accelerate_configs/cpu.yaml" --num_cpu_threads_per_process "$(nproc)")
 fi
 exec accelerate launch "${launch_args[@]}" -m trainer "$@"

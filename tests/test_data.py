@@ -122,9 +122,10 @@ def test_empty_and_null_texts_are_dropped_with_a_count(tmp_path):
     rows = [*review_rows(40), ("", 1), ("   ", 0)]
     path = write_csv(tmp_path / "train.csv", rows)
     with path.open("a") as f:
-        f.write(",1\n")  # a missing text
+        f.write(",1\nno label here,\n")  # a missing text, a missing label
     data = prepare(tmp_path, train_files=[str(path)])
-    assert data.stats["train_dropped_empty"] == 3
+    assert data.label_map.names == ["negative", "positive"]
+    assert data.stats["train_dropped_empty"] == 4
     assert len(data.train) + len(data.validation) == 40
 
 
@@ -148,3 +149,12 @@ def test_imdb_from_shared_data_tokenises(tmp_path):
 def test_too_few_examples_for_the_processes():
     with pytest.raises(UserError, match="cannot be shared"):
         LengthGroupedBatchSampler([3], 8, num_shards=2)
+
+
+def test_an_existing_tokenizer_is_used_as_given(tmp_path):
+    first = prepare(tmp_path, builtin=CorpusConfig(num_examples=300))
+    path = tmp_path / "tok.json"
+    path.write_text(first.tokenizer.to_str())
+    config = DataConfig(cache_dir=str(tmp_path / "other"), builtin=CorpusConfig(num_examples=300, seed=5))
+    given = prepare_data(config, TokenizerConfig(path=str(path), vocab_size=3))
+    assert given.tokenizer.to_str() == first.tokenizer.to_str()

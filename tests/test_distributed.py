@@ -33,19 +33,18 @@ def accelerate_launch(num_processes: int) -> list[str]:
 def test_two_processes_form_one_group_and_end_with_identical_weights(tmp_path):
     audit = tmp_path / "audit"
     audit.mkdir()
-    run = tmp_path / "run"
     env = {
         "PYTHONPATH": f"{AUDIT}:{Path(__file__).parents[1]}",
-        "AUDIT_PATH": str(run),
+        "AUDIT_PATH": str(tmp_path / "runs"),
         "AUDIT_DIR": str(audit),
     }
     result = run_cli(
-        ["--config", "tiny", f"--train.output_dir={run}", "--logging.tracker=wandb"],
-        cwd=tmp_path,
-        env=env,
-        launcher=accelerate_launch(2),
+        ["--config", "tiny", "--logging.tracker=wandb"], cwd=tmp_path, env=env, launcher=accelerate_launch(2)
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # No --train.output_dir: both ranks agree on one timestamped folder.
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("tiny-")
     info = read_json(run / "run_info.json")
     assert info["world_size"] == 2 and info["distributed_type"] == "MULTI_CPU"
     assert info["global_batch_size"] == 64
@@ -63,5 +62,5 @@ def test_two_processes_form_one_group_and_end_with_identical_weights(tmp_path):
     assert rank1 == []
     # One W&B run, one line of progress output per step record.
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1
-    assert result.stdout.count("run folder ") == 1
+    assert result.stdout.count("run folder ") == 1 and result.stdout.count(": validation loss") == 2
     assert len([r for r in read_jsonl(run / "metrics.jsonl") if "eval/loss" in r]) == 2

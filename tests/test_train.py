@@ -1,5 +1,7 @@
 """End-to-end runs of ``python -m trainer`` on one process, and every bad input."""
 
+import itertools
+
 import pytest
 import torch
 import wandb_records
@@ -14,6 +16,16 @@ from trainer.model import class_probabilities, classification_loss
 from trainer.train import main
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    """In-process runs: each ``main()`` starts from a clean Accelerate state, as a new process would."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +198,50 @@ def test_bad_input_exits_2_without_traceback_in_a_real_process(tmp_path):
     debug = run_cli(["--config", "tiny", "--model.hiden_dim=3", "--debug"], cwd=tmp_path)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def easy_csv(path, n=800):
+    """One sentiment word among neutral ones: any working trainer learns it in seconds."""
+    import random
+
+    from trainer.corpus import NEGATIVE, NEUTRAL, POSITIVE
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        words = rng.choice(NEUTRAL).split()
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if i % 2 else NEGATIVE))
+        rows.append((" ".join(words), i % 2))
+    return write_csv(path, rows)
+
+
+def test_training_learns(tmp_path):
+    path = easy_csv(tmp_path / "easy.csv")
+    args = ["--optim.lr=1e-2", "--model.hidden_dim=32", "--model.embedding_dim=32", "--train.epochs=3"]
+    assert (
+        main(["--config", "tiny", f"--data.train_files={path}", f"--train.output_dir={tmp_path / 'run'}", *args]) == 0
+    )
+    info = read_json(tmp_path / "run" / "run_info.json")
+    assert info["best_metrics"]["accuracy"] >= 0.9
+    first = read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]["train/loss"]
+    assert info["best_metrics"]["loss"] < first - 0.3
+
+
+def test_accumulation_bf16_and_schedule_follow_optimizer_steps(tmp_path):
+    run = tmp_path / "run"
+    args = ["--train.gradient_accumulation_steps=2", "--train.mixed_precision=bf16", "--optim.warmup_steps=3"]
+    assert main(["--config", "tiny", f"--train.output_dir={run}", "--train.log_every_steps=1", *args]) == 0
+    info = read_json(run / "run_info.json")
+    # 17 batches per epoch -> 9 optimizer steps (the last one accumulates a single batch).
+    assert info["steps_per_epoch"] == 9 and info["total_steps"] == info["final_step"] == 18
+    assert info["global_batch_size"] == 64 and info["mixed_precision"] == "bf16"
+    lrs = [r["train/lr"] for r in read_jsonl(run / "metrics.jsonl") if "train/lr" in r]
+    assert len(lrs) == 18
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(3e-3)  # warm-up over 3 optimizer steps, then decay
+    assert all(a > b for a, b in itertools.pairwise(lrs[2:])) and lrs[-1] < 1e-8
+
+
+def test_tensorboard_tracker_writes_events(tmp_path):
+    run = tmp_path / "run"
+    assert main(["--config", "tiny", f"--train.output_dir={run}", "--logging.tracker=tensorboard"]) == 0
+    assert list(run.rglob("events.out.tfevents.*"))

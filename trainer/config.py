@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,7 +185,7 @@ def config_reference() -> str:
             if dataclasses.is_dataclass(value):
                 walk(type(value), f"{prefix}{f.name}.")
             else:
-                default = "null" if value is None else value
+                default = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
                 lines.append(f"  --{prefix}{f.name}={default}".ljust(44) + f" {f.metadata.get('help', '')}")
 
     for f in dataclasses.fields(Config):

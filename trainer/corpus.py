@@ -71,7 +71,7 @@ NEUTRAL = [
 
 @dataclass
 class CorpusConfig:
-    num_examples: int = field(default=20000, metadata={"help": "reviews to generate (train + validation)"})
+    num_examples: int = field(default=30000, metadata={"help": "reviews to generate (train + validation)"})
     seed: int = field(default=0, metadata={"help": "generator seed; the same seed gives the same corpus"})
     aspect_agreement: float = field(
         default=0.6, metadata={"help": "probability that an aspect sentence shares the verdict's polarity"}

@@ -205,10 +205,15 @@ def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> dat
     return ds
 
 
+def _present(value: object) -> bool:
+    return value is not None and not (isinstance(value, str) and value.strip() == "")
+
+
 def _drop_empty(ds: datasets.Dataset) -> tuple[datasets.Dataset, int]:
+    """Drop rows whose text or label is missing or blank; returns (kept, number dropped)."""
     kept = ds.filter(
         lambda b: [
-            isinstance(t, str) and t.strip() != "" and y is not None for t, y in zip(b["text"], b["label"], strict=True)
+            isinstance(t, str) and _present(t) and _present(y) for t, y in zip(b["text"], b["label"], strict=True)
         ],
         batched=True,
     )
@@ -420,6 +425,11 @@ class PaddingCollator:
         return {"input_ids": input_ids, "lengths": lengths, "labels": labels}
 
 
+def lengths_of(ds: datasets.Dataset) -> list[int]:
+    """The ``length`` column as a list (per-row access to a datasets column is slow)."""
+    return ds.with_format("arrow")["length"].to_pylist()
+
+
 def build_dataloaders(
     data: PreparedData,
     config: DataConfig,
@@ -435,10 +445,10 @@ def build_dataloaders(
     accelerate adds to even out the last batches, so metrics are exact on any number of processes.
     """
     collate = PaddingCollator(pad_id(data.tokenizer), pad_to_multiple_of)
-    sampler = LengthGroupedBatchSampler(data.train["length"], batch_size, num_shards, seed, config.group_by_length)
+    sampler = LengthGroupedBatchSampler(lengths_of(data.train), batch_size, num_shards, seed, config.group_by_length)
     common = {"collate_fn": collate, "num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
     train_loader = DataLoader(data.train, batch_sampler=sampler, **common)
-    lengths = data.validation["length"]
+    lengths = lengths_of(data.validation)
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     validation = data.validation.select(order)
     eval_loader = DataLoader(validation, batch_size=eval_batch_size, shuffle=False, **common)

@@ -22,17 +22,18 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from trainer.checkpoint import export_model, state_digest
 from trainer.config import Config, config_reference, load_config, preset_names, to_yaml
-from trainer.data import build_dataloaders, prepare_data
+from trainer.data import LengthGroupedBatchSampler, PreparedData, build_dataloaders, prepare_data
 from trainer.errors import EXIT_USAGE, UserError
 from trainer.metrics import MetricsLog, Throughput, classification_metrics, is_better
 from trainer.model import SentimentRNN, class_probabilities, classification_loss
@@ -53,9 +54,10 @@ def on_cpu(config: Config) -> bool:
     return config.train.cpu or not torch.accelerator.is_available()
 
 
-def build_accelerator(config: Config, log_with: list[str]) -> Accelerator:
+def build_accelerator(config: Config, log_with: list[str], run_dir: Path) -> Accelerator:
     try:
         return Accelerator(
+            project_dir=run_dir,  # TensorBoard writes under it
             mixed_precision=config.train.mixed_precision,
             gradient_accumulation_steps=config.train.gradient_accumulation_steps,
             log_with=log_with or None,
@@ -143,31 +145,49 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator) -> dict:
     return classification_metrics(torch.cat(probabilities), torch.cat(labels), torch.cat(losses))
 
 
-def fit(config: Config, preset: str) -> dict:
-    """Build everything, train, export best/ and final/; returns the final validation metrics."""
-    started = time.time()
-    trainer_cfg = config.train
+@dataclass
+class Run:
+    """Everything ``fit`` needs, built by ``setup``."""
+
+    config: Config
+    accelerator: Accelerator
+    run_dir: Path
+    data: PreparedData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    eval_loader: DataLoader
+    sampler: LengthGroupedBatchSampler
+    log: MetricsLog
+    info: dict
+    total_steps: int
+    steps_per_epoch: int
+    started: float = field(default_factory=time.time)
+
+
+def setup(config: Config, preset: str) -> Run:
+    """Process group, run folder, trackers, data, model, optimizer and schedule, all prepared."""
+    train_cfg = config.train
     # The process group comes first: the run folder (and so the W&B folder) is agreed on it.
     run_dir = resolve_run_dir(config, preset, PartialState(cpu=on_cpu(config)))
     log_with, tracker_kwargs, tracker_note = tracker_setup(config.logging, run_dir)
-    accelerator = build_accelerator(config, log_with)
-    set_seed(trainer_cfg.seed)
+    accelerator = build_accelerator(config, log_with, run_dir)
+    set_seed(train_cfg.seed)
 
     data = prepare_data(config.data, config.tokenizer, accelerator.main_process_first)
     train_loader, eval_loader = build_dataloaders(
         data,
         config.data,
-        batch_size=trainer_cfg.batch_size,
-        eval_batch_size=trainer_cfg.eval_batch_size or 2 * trainer_cfg.batch_size,
+        batch_size=train_cfg.batch_size,
+        eval_batch_size=train_cfg.eval_batch_size or 2 * train_cfg.batch_size,
         num_shards=accelerator.num_processes,
-        seed=trainer_cfg.seed,
+        seed=train_cfg.seed,
         pad_to_multiple_of=8 if accelerator.mixed_precision != "no" else 1,
     )
     sampler = train_loader.batch_sampler
-    batches_per_process = len(sampler) // accelerator.num_processes
-    steps_per_epoch = math.ceil(batches_per_process / trainer_cfg.gradient_accumulation_steps)
-    total_steps = trainer_cfg.max_steps or trainer_cfg.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
+    steps_per_epoch = math.ceil(len(sampler) // accelerator.num_processes / train_cfg.gradient_accumulation_steps)
+    total_steps = train_cfg.max_steps or train_cfg.epochs * steps_per_epoch
 
     model = SentimentRNN(
         config.model, data.tokenizer.get_vocab_size(), len(data.label_map.names), pad_id(data.tokenizer)
@@ -179,7 +199,7 @@ def fit(config: Config, preset: str) -> dict:
     )
 
     info = run_info(config, accelerator, data.stats)
-    info |= {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "epochs": epochs}
+    info |= {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     info["num_parameters"] = sum(p.numel() for p in model.parameters())
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -193,111 +213,115 @@ def fit(config: Config, preset: str) -> dict:
     log = MetricsLog(run_dir / "metrics.jsonl" if accelerator.is_main_process else None, accelerator.log)
 
     cached = "from cache" if data.stats["train_tokens_cache_hit"] else "tokenised"
+    dropped = sum(v for k, v in data.stats.items() if k.endswith("_dropped_empty"))
     accelerator.print(
         f"data: {len(data.train)} train / {len(data.validation)} validation examples "
         f"({data.stats['load_seconds']:.1f}s to load, {cached} in {data.stats['tokenize_seconds']:.1f}s)"
+        + (f"; dropped {dropped} rows with an empty text or label" if dropped else "")
     )
     accelerator.print(
         f"run folder {run_dir} | {accelerator.num_processes} process(es) on {accelerator.device}, "
-        f"precision {accelerator.mixed_precision} | "
-        f"{len(data.label_map.names)} labels, vocabulary {data.tokenizer.get_vocab_size()} | "
-        f"{info['num_parameters']:,} parameters | {total_steps} steps"
+        f"precision {accelerator.mixed_precision} | {len(data.label_map.names)} labels, "
+        f"vocabulary {data.tokenizer.get_vocab_size()} | {info['num_parameters']:,} parameters | {total_steps} steps"
     )
     if tracker_note:
         accelerator.print(tracker_note)
+    return Run(config, accelerator, run_dir, data, model, optimizer, scheduler, train_loader, eval_loader,
+               sampler, log, info, total_steps, steps_per_epoch)  # fmt: skip
 
+
+def fit(run: Run) -> dict:
+    """The training loop; exports best/ and final/ and returns the final validation metrics."""
+    config, accelerator, model, optimizer = run.config, run.accelerator, run.model, run.optimizer
     best_value, best_metrics, metrics = None, None, {}
     step, last_eval_step = 0, -1
     throughput, loss_sum, loss_count = Throughput(), torch.zeros((), device=accelerator.device), 0
-    progress = tqdm(total=total_steps, disable=not accelerator.is_main_process, desc="training", unit="step")
+    progress = tqdm(total=run.total_steps, disable=not accelerator.is_main_process, desc="training", unit="step")
 
-    def validate(epoch: float) -> None:
+    def say(line: str) -> None:
+        if accelerator.is_main_process:
+            progress.write(line)  # tqdm.write prints on every process, even with the bar disabled
+
+    def validate() -> None:
         nonlocal best_value, best_metrics, metrics, last_eval_step
-        metrics = evaluate(model, eval_loader, accelerator)
-        last_eval_step = step
-        log.write({"epoch": round(epoch, 3), **{f"eval/{k}": v for k, v in metrics.items()}}, step)
+        metrics, last_eval_step = evaluate(model, run.eval_loader, accelerator), step
+        run.log.write({"epoch": round(step / run.steps_per_epoch, 3), **prefixed("eval/", metrics)}, step)
         value = metrics[config.checkpoint.best_metric]
         if is_better(value, best_value, config.checkpoint.best_metric):
             best_value, best_metrics = value, metrics
             if config.checkpoint.save_best and accelerator.is_main_process:
-                export(run_dir / "best", model, accelerator, data, config, {"step": step, "metrics": metrics})
-        progress.write(
-            f"step {step} epoch {epoch:.2f}: validation loss {metrics['loss']:.4f} accuracy {metrics['accuracy']:.4f}"
-            f" f1 {metrics['f1']:.4f}" + (" (best)" if best_metrics is metrics else "")
+                export(run, "best", {"step": step, "metrics": metrics})
+        say(
+            f"step {step} epoch {step / run.steps_per_epoch:.2f}: validation loss {metrics['loss']:.4f} "
+            f"accuracy {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f}"
+            + (" (best)" if best_metrics is metrics else "")
         )
 
     model.train()
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        train_loader.set_epoch(epoch)
-        for batch in train_loader:
+    for epoch in range(math.ceil(run.total_steps / run.steps_per_epoch)):
+        run.sampler.set_epoch(epoch)
+        run.train_loader.set_epoch(epoch)
+        for batch in run.train_loader:
             with accelerator.accumulate(model):
-                logits = model(batch["input_ids"], batch["lengths"])
+                logits = model(batch["input_ids"], batch["lengths"])  # (B, 1) or (B, C)
                 loss = classification_loss(logits, batch["labels"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
-                optimizer.step()
+                optimizer.step()  # a no-op on accumulation micro-steps
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
             loss_count += 1
             throughput.update(int(batch["lengths"].sum()), len(batch["lengths"]))
             if not accelerator.sync_gradients:
                 continue
-            if not accelerator.optimizer_step_was_skipped:
-                scheduler.step()
+            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
+                run.scheduler.step()
             step += 1
             progress.update(1)
-            if step % trainer_cfg.log_every_steps == 0 or step == total_steps:
-                mean_loss = accelerator.reduce(loss_sum / loss_count, "mean").item()
+            if step % config.train.log_every_steps == 0 or step == run.total_steps:
+                record = {"train/loss": accelerator.reduce(loss_sum / loss_count, "mean").item()}
+                record["train/lr"] = run.scheduler.get_last_lr()[0]
                 rates = throughput.read()
-                totals = accelerator.reduce(
-                    torch.tensor([rates["tokens_per_s"], rates["examples_per_s"]], device=accelerator.device), "sum"
-                ).tolist()
-                record = {"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}
-                record |= {"train/tokens_per_s": totals[0], "train/examples_per_s": totals[1]}
-                record["epoch"] = round(epoch + (step - epoch * steps_per_epoch) / steps_per_epoch, 3)
-                log.write(record, step)
-                progress.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{totals[0]:,.0f}")
+                totals = accelerator.reduce(torch.tensor(list(rates.values()), device=accelerator.device), "sum")
+                record |= prefixed("train/", dict(zip(rates, totals.tolist(), strict=True)))
+                run.log.write({**record, "epoch": round(step / run.steps_per_epoch, 3)}, step)
+                progress.set_postfix(loss=f"{record['train/loss']:.4f}", tok_s=f"{totals[0]:,.0f}")
                 loss_sum.zero_()
                 loss_count = 0
-            if trainer_cfg.eval_every_steps and step % trainer_cfg.eval_every_steps == 0:
-                validate(epoch + (step - epoch * steps_per_epoch) / steps_per_epoch)
-            if step >= total_steps:
+            if config.train.eval_every_steps and step % config.train.eval_every_steps == 0:
+                validate()
+            if step >= run.total_steps:
                 break
-        if step >= total_steps:
-            break
-        if last_eval_step != step:
-            validate(epoch + 1)
-    if last_eval_step != step:
-        validate(step / steps_per_epoch)
+        if last_eval_step != step:  # each epoch's end, and the end of training
+            validate()
     progress.close()
 
     digests = gather_object([state_digest(accelerator.unwrap_model(model))])
     if accelerator.is_main_process:
         if config.checkpoint.save_final:
-            export(run_dir / "final", model, accelerator, data, config, {"step": step, "metrics": metrics})
-        info |= {
-            "final_step": step,
-            "final_metrics": metrics,
-            "best_metric": config.checkpoint.best_metric,
-            "best_metrics": best_metrics,
-            "weight_digests": digests,
-            "train_seconds": round(time.time() - started, 1),
-        }
-        write_json(run_dir / "run_info.json", info)
+            export(run, "final", {"step": step, "metrics": metrics})
+        run.info |= {"final_step": step, "final_metrics": metrics, "best_metric": config.checkpoint.best_metric}
+        run.info |= {"best_metrics": best_metrics, "weight_digests": digests}
+        run.info["train_seconds"] = round(time.time() - run.started, 1)
+        write_json(run.run_dir / "run_info.json", run.info)
     accelerator.print(
-        f"done in {time.time() - started:.0f}s: best validation {config.checkpoint.best_metric} "
-        f"{best_value:.4f} (accuracy {best_metrics['accuracy']:.4f}) saved to {run_dir / 'best'}"
+        f"done in {time.time() - run.started:.0f}s: best validation {config.checkpoint.best_metric} "
+        f"{best_value:.4f} (accuracy {best_metrics['accuracy']:.4f}) saved to {run.run_dir / 'best'}"
     )
     accelerator.end_training()
     return metrics
 
 
-def export(out_dir: Path, model, accelerator: Accelerator, data, config: Config, extra: dict) -> None:
+def export(run: Run, name: str, extra: dict) -> None:
+    model = run.accelerator.unwrap_model(run.model)
     export_model(
-        out_dir, accelerator.unwrap_model(model), data.tokenizer, data.label_map.names, config.data.max_length, extra
+        run.run_dir / name, model, run.data.tokenizer, run.data.label_map.names, run.config.data.max_length, extra
     )
+
+
+def prefixed(prefix: str, values: dict) -> dict:
+    return {f"{prefix}{k}": v for k, v in values.items()}
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -352,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         preset, overrides, overwrite, debug = parse_cli(argv)
         config = load_config(preset, overrides)
         config.train.overwrite = config.train.overwrite or overwrite
-        fit(config, preset)
+        fit(setup(config, preset))
         return 0
     except UserError as exc:
         if debug:
