@@ -13,7 +13,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)${EXTRAS:+-$EXTRAS}"
+hash=$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)
+stamp="$VENV/.installed-$hash${EXTRAS:+-$EXTRAS}"  # an install with extras also leaves the plain stamp
 if [ ! -f "$stamp" ]; then
   if ! "$PY" -c "import torch" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -27,7 +28,7 @@ if [ ! -f "$stamp" ]; then
     fi
   fi
   "$PY" -m pip install -q -e "$ROOT${EXTRAS:+[$EXTRAS]}"
-  rm -f "$VENV"/.installed-*
-  touch "$stamp"
+  find "$VENV" -maxdepth 1 -name '.installed-*' ! -name ".installed-$hash*" -delete
+  touch "$VENV/.installed-$hash" "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
