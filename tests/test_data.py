@@ -158,3 +158,12 @@ def test_an_existing_tokenizer_is_used_as_given(tmp_path):
     config = DataConfig(cache_dir=str(tmp_path / "other"), builtin=CorpusConfig(num_examples=300, seed=5))
     given = prepare_data(config, TokenizerConfig(path=str(path), vocab_size=3))
     assert given.tokenizer.to_str() == first.tokenizer.to_str()
+
+
+def test_one_shard_of_2b_and_two_shards_of_b_see_the_same_examples_per_step():
+    lengths = [(i * 53) % 211 + 1 for i in range(1000)]
+    one = list(LengthGroupedBatchSampler(lengths, 32, num_shards=1, seed=4))
+    two = list(LengthGroupedBatchSampler(lengths, 16, num_shards=2, seed=4))
+    assert len(one) == len(two) // 2
+    for step, batch in enumerate(one):
+        assert sorted(batch) == sorted(two[2 * step] + two[2 * step + 1])

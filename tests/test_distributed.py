@@ -1,47 +1,77 @@
-"""Real 2-process runs through ``accelerate launch`` on the CPU (a gloo process group)."""
+"""Real multi-process runs through ``accelerate launch`` on the CPU (a gloo process group).
 
+Every test asserts the world size it expects: on a CPU machine a launcher misconfiguration shows
+up as several independent single-process runs, not as an error.
+"""
+
+import json
+import os
 import shutil
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import read_json, read_jsonl, run_cli
+import torch
+from conftest import REPO, read_json, read_jsonl, run_cli
+
+from trainer.checkpoint import load_exported
+from trainer.config import load_config
+from trainer.data import build_dataloaders, prepare_data
+from trainer.metrics import classification_metrics
+from trainer.model import class_probabilities, classification_loss
 
 pytestmark = pytest.mark.slow
-AUDIT = Path(__file__).parent / "audit"
+TESTS = Path(__file__).parent
+ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
 
 
-def accelerate_launch(num_processes: int) -> list[str]:
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    return [
-        accelerate,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(num_processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-    ]
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher(num_processes: int, *extra: str) -> list[str]:
+    return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *extra]  # fmt: skip
+
+
+def launch(args: list[str], cwd: Path, num_processes: int = 2, env: dict | None = None, timeout: int = 300):
+    result = run_cli(["--config", "tiny", *args], cwd=cwd, env=env, launcher=launcher(num_processes), timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def evaluate_export(model_dir: Path, run_dir: Path) -> dict:
+    """Single-process metrics of an exported model on the run's own validation split."""
+    config = load_config(str(run_dir / "config.yaml"), [])
+    data = prepare_data(config.data, config.tokenizer)
+    model, _, _ = load_exported(model_dir)
+    _, loader = build_dataloaders(data, config.data, batch_size=16, eval_batch_size=64)
+    probs, labels, losses = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            logits = model(batch["input_ids"], batch["lengths"])
+            probs.append(class_probabilities(logits))
+            labels.append(batch["labels"])
+            losses.append(classification_loss(logits, batch["labels"], reduction="none"))
+    return classification_metrics(torch.cat(probs), torch.cat(labels), torch.cat(losses))
 
 
 def test_two_processes_form_one_group_and_end_with_identical_weights(tmp_path):
     audit = tmp_path / "audit"
     audit.mkdir()
     env = {
-        "PYTHONPATH": f"{AUDIT}:{Path(__file__).parents[1]}",
+        "PYTHONPATH": f"{TESTS / 'audit'}:{REPO}",
         "AUDIT_PATH": str(tmp_path / "runs"),
         "AUDIT_DIR": str(audit),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
     }
-    result = run_cli(
-        ["--config", "tiny", "--logging.tracker=wandb"], cwd=tmp_path, env=env, launcher=accelerate_launch(2)
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # 60 validation examples in batches of 7: 9 batches, which 2 processes cannot split evenly.
+    result = launch(["--logging.tracker=wandb", "--train.eval_batch_size=7"], tmp_path, env=env)
     # No --train.output_dir: both ranks agree on one timestamped folder.
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("tiny-")
@@ -51,16 +81,117 @@ def test_two_processes_form_one_group_and_end_with_identical_weights(tmp_path):
     digests = info["weight_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
 
-    # The same number of optimizer steps as one process with the per-process batch: each rank sees half.
+    # Each process takes half of each global batch: 9 optimizer steps per epoch instead of 17.
     assert info["steps_per_epoch"] == 9 and info["final_step"] == 18
-    assert info["final_metrics"]["n"] == info["data"]["validation_examples"] == 60
+
+    # Tokenised once: the main process did the work, the other one read the cache.
+    per_rank = info["data_per_rank"]
+    assert [r["train_tokens_cache_hit"] for r in per_rank] == [False, True]
+    assert [r["tokenizer_cache_hit"] for r in per_rank] == [False, True]
+
+    # Validation over both processes gives exactly the single-process metrics of the same model.
+    final = info["final_metrics"]
+    assert final["n"] == info["data"]["validation_examples"] == 60
+    alone = evaluate_export(run / "final", run)
+    assert alone["n"] == 60 and alone["accuracy"] == final["accuracy"]
+    for key in ("loss", "f1", "roc_auc"):
+        assert alone[key] == pytest.approx(final[key], abs=1e-6)
 
     # Only rank 0 wrote into the run folder; rank 1 wrote nothing at all.
     rank0 = (audit / "rank-0.txt").read_text().splitlines()
     rank1 = (audit / "rank-1.txt").read_text().splitlines()
     assert any("metrics.jsonl" in line for line in rank0) and any("best" in line for line in rank0)
     assert rank1 == []
-    # One W&B run, one line of progress output per step record.
+    # One W&B run, and each line of output once.
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1
     assert result.stdout.count("run folder ") == 1 and result.stdout.count(": validation loss") == 2
-    assert len([r for r in read_jsonl(run / "metrics.jsonl") if "eval/loss" in r]) == 2
+
+
+def test_every_example_once_per_epoch_across_processes_and_reproducible(tmp_path):
+    outputs = []
+    for attempt in range(2):
+        out = tmp_path / f"seen-{attempt}.json"
+        command = [*launcher(2), str(TESTS / "scripts" / "shard_check.py"), str(out)]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(json.loads(out.read_text()))
+    first, second = outputs
+    assert first["world_size"] == 2
+    for epoch in first["epochs"]:
+        seen = [i for rank in epoch for i in rank["seen"]]
+        assert sorted(seen) == list(range(203)), "each example exactly once across the processes"
+        assert len(epoch[0]["seen"]) > 0 and len(epoch[1]["seen"]) > 0
+    assert first["epochs"][0] != first["epochs"][1], "a new order each epoch"
+    assert first == second, "the same order from the same seed"
+
+
+def test_one_process_with_batch_b_matches_two_with_b_over_2(tmp_path):
+    common = ["--model.dropout=0", "--train.epochs=2", "--logging.tracker=none", "--optim.lr=1e-2"]
+    one = tmp_path / "one"
+    run_cli(["--config", "tiny", *common, "--train.batch_size=32", f"--train.output_dir={one}"], cwd=tmp_path)
+    launch([*common, "--train.batch_size=16", f"--train.output_dir={tmp_path / 'two'}"], tmp_path)
+    a, b = read_json(one / "run_info.json"), read_json(tmp_path / "two" / "run_info.json")
+    assert a["world_size"] == 1 and b["world_size"] == 2
+    assert a["global_batch_size"] == b["global_batch_size"] == 32
+    assert a["final_step"] == b["final_step"]
+    # Same examples per step, same seed; only float summation order (and the last, uneven step) differ.
+    assert b["final_metrics"]["loss"] == pytest.approx(a["final_metrics"]["loss"], abs=2e-3)
+    assert b["final_metrics"]["accuracy"] == pytest.approx(a["final_metrics"]["accuracy"], abs=1 / 60 + 1e-9)
+
+
+def test_schedule_steps_once_per_optimizer_step_with_processes_and_accumulation(tmp_path):
+    run = tmp_path / "run"
+    args = ["--train.batch_size=8", "--train.gradient_accumulation_steps=2", "--optim.warmup_steps=2",
+            "--train.log_every_steps=1", "--logging.tracker=none", f"--train.output_dir={run}"]  # fmt: skip
+    launch(args, tmp_path)
+    info = read_json(run / "run_info.json")
+    assert info["world_size"] == 2 and info["global_batch_size"] == 8 * 2 * 2
+    # 540 examples / 16 per round = 34 batches per process per epoch -> 17 optimizer steps.
+    assert info["steps_per_epoch"] == 17 and info["total_steps"] == info["final_step"] == 34
+    lrs = [r["train/lr"] for r in read_jsonl(run / "metrics.jsonl") if "train/lr" in r]
+    assert len(lrs) == 34 and lrs[1] == pytest.approx(3e-3) and lrs[-1] < 1e-8
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:], strict=False))
+
+
+def test_a_failing_rank_stops_every_process_with_its_message(tmp_path):
+    env = {"PYTHONPATH": f"{TESTS / 'faults'}:{REPO}", "FAULT_RANK": "1", "FAULT_AT_STEP": "5"}
+    started = time.monotonic()
+    result = run_cli(
+        ["--config", "tiny", "--train.epochs=50", "--logging.tracker=none", f"--train.output_dir={tmp_path / 'r'}"],
+        cwd=tmp_path,
+        env=env,
+        launcher=launcher(2),
+        timeout=240,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert elapsed < 120, f"took {elapsed:.0f}s to stop"
+    assert "RuntimeError: injected fault on rank 1" in result.stderr
+    assert read_json(tmp_path / "r" / "run_info.json")["world_size"] == 2
+
+
+def test_a_config_error_is_reported_once(tmp_path):
+    result = run_cli(["--config", "tiny", "--model.hiden_dim=3"], cwd=tmp_path, launcher=launcher(2))
+    assert result.returncode != 0
+    assert result.stderr.count("error: unknown config key 'model.hiden_dim'") == 1
+
+
+def test_two_nodes_on_one_machine(tmp_path):
+    port = free_port()
+    run = tmp_path / "run"
+    procs = []
+    for rank in (0, 1):
+        command = [ACCELERATE, "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank),
+                   "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trainer", "--config", "tiny",
+                   "--logging.tracker=none", f"--train.output_dir={run}"]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        procs.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err.decode()[-3000:]
+    info = read_json(run / "run_info.json")
+    assert info["world_size"] == 2
+    assert info["weight_digests"][0] == info["weight_digests"][1]
+    assert b"run folder" in outputs[0][0] and b"run folder" not in outputs[1][0]

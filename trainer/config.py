@@ -38,14 +38,17 @@ class TrainConfig:
     batch_size: int = field(default=64, metadata={"help": "examples per process per micro-step"})
     eval_batch_size: int | None = field(default=None, metadata={"help": "validation batch size (default 2x)"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+    mixed_precision: str | None = field(
+        default=None, metadata={"help": "no, fp16 or bf16 (default: the accelerate config's, else no)"}
+    )
     seed: int = field(default=42, metadata={"help": "seed of weights, dropout and batch order"})
     eval_every_steps: int = field(default=0, metadata={"help": "also validate every N optimizer steps (0 = off)"})
     log_every_steps: int = field(default=10, metadata={"help": "log training metrics every N optimizer steps"})
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
 
     def __post_init__(self) -> None:
-        check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
+        if self.mixed_precision is not None:
+            check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
         for key in ("epochs", "batch_size", "gradient_accumulation_steps", "log_every_steps"):
             check_range(f"train.{key}", getattr(self, key), 1)
         for key in ("max_steps", "eval_batch_size"):

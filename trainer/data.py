@@ -338,9 +338,11 @@ def prepare_data(
 class LengthGroupedBatchSampler:
     """Shuffled batches of indices, optionally grouped by length, shard-friendly.
 
-    Each epoch: a seeded permutation; with ``group_by_length``, chunks of ``mega_batches`` batches
-    are sorted by length and cut into batches (as HF Trainer's ``group_by_length``), so every
-    batch, and every round of ``num_shards`` consecutive batches, holds similar lengths. The batch
+    Each epoch: a seeded permutation; with ``group_by_length``, chunks of ``mega_batches`` global
+    batches are sorted by length and cut into batches (as HF Trainer's ``group_by_length``), so
+    every batch, and every round of ``num_shards`` consecutive batches, holds similar lengths.
+    Everything is defined on global batches (``batch_size * num_shards``): one process with batch
+    2B and two with B each see the same examples at every step but possibly the last. The batch
     count is always a multiple of ``num_shards`` with no empty batch, so accelerate's
     ``BatchSamplerShard`` (which deals batch i to process i % num_shards) gives every process the
     same number of batches and every example to exactly one process, once per epoch: the last
@@ -383,7 +385,7 @@ class LengthGroupedBatchSampler:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
         if self.group_by_length:
-            mega = self.per_batch * self.mega_batches
+            mega = self.per_batch * self.num_shards * self.mega_batches
             order = [
                 i
                 for start in range(0, len(order), mega)

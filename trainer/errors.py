@@ -8,7 +8,14 @@ EXIT_USAGE = 2
 
 
 class UserError(Exception):
-    """Bad input from the user (config, data, paths). Printed as one line; exits with code 2."""
+    """Bad input from the user (config, data, paths). Printed as one line; exits with code 2.
+
+    ``on_every_rank``: every process meets this error alike, so only the main one reports it.
+    """
+
+    def __init__(self, message: str, on_every_rank: bool = False) -> None:
+        super().__init__(message)
+        self.on_every_rank = on_every_rank
 
 
 def check_choice(key: str, value: object, choices: Iterable[object]) -> None:

@@ -88,6 +88,9 @@ class SentimentRNN(nn.Module):
         lengths = lengths.clamp(min=1)  # an empty text still gets one (padding) step to attend to
         x = self.dropout(self.embedding(input_ids))  # (B, T, E)
         for i, directions in enumerate(self.layers):
+            if x.is_cuda:  # DDP's buffers can leave the weights non-contiguous; cuDNN wants one chunk
+                for rnn in directions:
+                    rnn.flatten_parameters()
             if i > 0:
                 x = self.dropout(x)  # between layers, as nn.LSTM(dropout=...) does
             outputs = [directions[0](x)[0]]  # (B, T, H)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -64,6 +64,16 @@ def build_accelerator(config: Config, log_with: list[str], run_dir: Path) -> Acc
             cpu=on_cpu(config),
             # We step the scheduler ourselves, once per optimizer step, whatever the process count.
             step_scheduler_with_optimizer=False,
+            # Every parameter gets a gradient every step: no unused-parameter search, gradients that
+            # alias DDP's buckets (one copy less), and a static graph, except under accumulation,
+            # whose no_sync micro-steps static_graph does not support (torch 2.13 asserts).
+            kwargs_handlers=[
+                DistributedDataParallelKwargs(
+                    find_unused_parameters=False,
+                    gradient_as_bucket_view=True,
+                    static_graph=config.train.gradient_accumulation_steps == 1,
+                )
+            ],
         )
     except ValueError as exc:  # e.g. fp16 without a GPU
         raise UserError(f"train.mixed_precision={config.train.mixed_precision}: {exc}") from exc
@@ -76,13 +86,18 @@ def resolve_run_dir(config: Config, preset: str, state: PartialState) -> Path:
         name = f"runs/{Path(preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         name = broadcast_object_list([name])[0]  # processes may start in different seconds
     run_dir = Path(name)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir} exists and is not a folder; choose another --train.output_dir")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not config.train.overwrite:
-        raise UserError(
-            f"run folder {run_dir} is not empty; pass --overwrite to train into it or choose another --train.output_dir"
-        )
-    state.wait_for_everyone()  # every process checked before the main one writes
+    problem = None
+    if state.is_main_process:  # one verdict for all: on a shared file system the others see the same
+        if run_dir.exists() and not run_dir.is_dir():
+            problem = f"{run_dir} exists and is not a folder; choose another --train.output_dir"
+        elif run_dir.is_dir() and any(run_dir.iterdir()) and not config.train.overwrite:
+            problem = (
+                f"run folder {run_dir} is not empty; pass --overwrite to train into it "
+                "or choose another --train.output_dir"
+            )
+    problem = broadcast_object_list([problem])[0]
+    if problem:
+        raise UserError(problem, on_every_rank=True)
     return run_dir
 
 
@@ -199,6 +214,8 @@ def setup(config: Config, preset: str) -> Run:
     )
 
     info = run_info(config, accelerator, data.stats)
+    # Which process tokenised and which reused the cache (the main one goes first).
+    info["data_per_rank"] = gather_object([data.stats])
     info |= {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     info["num_parameters"] = sum(p.numel() for p in model.parameters())
     if accelerator.is_main_process:
@@ -214,18 +231,20 @@ def setup(config: Config, preset: str) -> Run:
 
     cached = "from cache" if data.stats["train_tokens_cache_hit"] else "tokenised"
     dropped = sum(v for k, v in data.stats.items() if k.endswith("_dropped_empty"))
-    accelerator.print(
+    say(
+        accelerator,
         f"data: {len(data.train)} train / {len(data.validation)} validation examples "
         f"({data.stats['load_seconds']:.1f}s to load, {cached} in {data.stats['tokenize_seconds']:.1f}s)"
-        + (f"; dropped {dropped} rows with an empty text or label" if dropped else "")
+        + (f"; dropped {dropped} rows with an empty text or label" if dropped else ""),
     )
-    accelerator.print(
+    say(
+        accelerator,
         f"run folder {run_dir} | {accelerator.num_processes} process(es) on {accelerator.device}, "
         f"precision {accelerator.mixed_precision} | {len(data.label_map.names)} labels, "
-        f"vocabulary {data.tokenizer.get_vocab_size()} | {info['num_parameters']:,} parameters | {total_steps} steps"
+        f"vocabulary {data.tokenizer.get_vocab_size()} | {info['num_parameters']:,} parameters | {total_steps} steps",
     )
     if tracker_note:
-        accelerator.print(tracker_note)
+        say(accelerator, tracker_note)
     return Run(config, accelerator, run_dir, data, model, optimizer, scheduler, train_loader, eval_loader,
                sampler, log, info, total_steps, steps_per_epoch)  # fmt: skip
 
@@ -238,7 +257,7 @@ def fit(run: Run) -> dict:
     throughput, loss_sum, loss_count = Throughput(), torch.zeros((), device=accelerator.device), 0
     progress = tqdm(total=run.total_steps, disable=not accelerator.is_main_process, desc="training", unit="step")
 
-    def say(line: str) -> None:
+    def note(line: str) -> None:
         if accelerator.is_main_process:
             progress.write(line)  # tqdm.write prints on every process, even with the bar disabled
 
@@ -251,7 +270,7 @@ def fit(run: Run) -> dict:
             best_value, best_metrics = value, metrics
             if config.checkpoint.save_best and accelerator.is_main_process:
                 export(run, "best", {"step": step, "metrics": metrics})
-        say(
+        note(
             f"step {step} epoch {step / run.steps_per_epoch:.2f}: validation loss {metrics['loss']:.4f} "
             f"accuracy {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f}"
             + (" (best)" if best_metrics is metrics else "")
@@ -305,9 +324,10 @@ def fit(run: Run) -> dict:
         run.info |= {"best_metrics": best_metrics, "weight_digests": digests}
         run.info["train_seconds"] = round(time.time() - run.started, 1)
         write_json(run.run_dir / "run_info.json", run.info)
-    accelerator.print(
+    say(
+        accelerator,
         f"done in {time.time() - run.started:.0f}s: best validation {config.checkpoint.best_metric} "
-        f"{best_value:.4f} (accuracy {best_metrics['accuracy']:.4f}) saved to {run.run_dir / 'best'}"
+        f"{best_value:.4f} (accuracy {best_metrics['accuracy']:.4f}) saved to {run.run_dir / 'best'}",
     )
     accelerator.end_training()
     return metrics
@@ -322,6 +342,12 @@ def export(run: Run, name: str, extra: dict) -> None:
 
 def prefixed(prefix: str, values: dict) -> dict:
     return {f"{prefix}{k}": v for k, v in values.items()}
+
+
+def say(accelerator: Accelerator, line: str) -> None:
+    """Print on the main process only (``accelerator.print`` prints once per node)."""
+    if accelerator.is_main_process:
+        print(line, flush=True)
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -369,20 +395,37 @@ def parse_cli(argv: list[str]) -> tuple[str, list[str], bool, bool]:
     return preset, overrides, overwrite, debug
 
 
+def report(exc: UserError, debug: bool) -> None:
+    """One line on stderr, from the process that failed.
+
+    An error every process meets alike (the command line, the run folder) is printed by the main
+    process alone; any other by the process that raised it, tagged with its rank when there are
+    several. The launcher then stops the other processes.
+    """
+    if debug:
+        traceback.print_exc()
+    state = PartialState(cpu=not torch.accelerator.is_available())  # as setup() made it, if it did
+    if exc.on_every_rank and not state.is_main_process:
+        return
+    where = f"[rank {state.process_index}] " if state.num_processes > 1 and not exc.on_every_rank else ""
+    print(f"{where}error: {exc}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
-        preset, overrides, overwrite, debug = parse_cli(argv)
-        config = load_config(preset, overrides)
+        try:
+            preset, overrides, overwrite, debug = parse_cli(argv)
+            config = load_config(preset, overrides)
+        except UserError as exc:
+            exc.on_every_rank = True  # every process parses the same command line
+            raise
         config.train.overwrite = config.train.overwrite or overwrite
         fit(setup(config, preset))
         return 0
     except UserError as exc:
-        if debug:
-            traceback.print_exc()
-        if PartialState().is_main_process:
-            print(f"error: {exc}", file=sys.stderr)
+        report(exc, debug)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
