@@ -68,3 +68,12 @@ def test_reference_lists_every_section():
     reference = config_reference()
     for key in ("--data.text_column", "--tokenizer.vocab_size", "--model.cell", "--optim.max_grad_norm=5.0"):
         assert key in reference
+
+
+def test_yaml_booleans_do_not_swallow_string_values(tmp_path):
+    assert load_config("tiny", ["--train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config("tiny", ["--logging.run_name=yes"]).logging.run_name == "yes"
+    assert load_config("tiny", ["--logging.run_name=null"]).logging.run_name is None
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(str(path), []).train.mixed_precision == "no"

@@ -4,6 +4,7 @@ Every test asserts the world size it expects: on a CPU machine a launcher miscon
 up as several independent single-process runs, not as an error.
 """
 
+import itertools
 import json
 import os
 import shutil
@@ -35,8 +36,9 @@ def free_port() -> int:
 
 
 def launcher(num_processes: int, *extra: str) -> list[str]:
+    port = str(free_port())
     return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *extra]  # fmt: skip
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port, *extra]  # fmt: skip
 
 
 def launch(args: list[str], cwd: Path, num_processes: int = 2, env: dict | None = None, timeout: int = 300):
@@ -151,7 +153,7 @@ def test_schedule_steps_once_per_optimizer_step_with_processes_and_accumulation(
     assert info["steps_per_epoch"] == 17 and info["total_steps"] == info["final_step"] == 34
     lrs = [r["train/lr"] for r in read_jsonl(run / "metrics.jsonl") if "train/lr" in r]
     assert len(lrs) == 34 and lrs[1] == pytest.approx(3e-3) and lrs[-1] < 1e-8
-    assert all(a > b for a, b in zip(lrs[1:], lrs[2:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(lrs[1:]))
 
 
 def test_a_failing_rank_stops_every_process_with_its_message(tmp_path):

@@ -47,6 +47,8 @@ class TrainConfig:
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
 
     def __post_init__(self) -> None:
+        if self.mixed_precision == "False":  # `mixed_precision: no` unquoted in a YAML file
+            self.mixed_precision = "no"
         if self.mixed_precision is not None:
             check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
         for key in ("epochs", "batch_size", "gradient_accumulation_steps", "log_every_steps"):
@@ -115,6 +117,10 @@ def _unknown_key(full_key: str) -> UserError:
     return UserError(f"unknown config key {full_key!r}{hint}; valid {where}: {', '.join(valid)}")
 
 
+def _is_str_type(tp: object) -> bool:
+    return tp is str or str in typing.get_args(tp)
+
+
 def _is_list_type(tp: object) -> bool:
     return typing.get_origin(tp) is list or any(typing.get_origin(a) is list for a in typing.get_args(tp))
 
@@ -136,6 +142,8 @@ def parse_overrides(args: list[str]) -> list[str]:
             raise _unknown_key(key)
         if _is_list_type(tp) and not value.startswith("[") and value != "null":
             value = "[" + ",".join(v.strip() for v in value.split(",")) + "]"
+        elif _is_str_type(tp) and value != "null" and not value.startswith(("'", '"')):
+            value = "'" + value.replace("'", "''") + "'"  # YAML would read no/yes/on/off as booleans
         dotlist.append(f"{key}={value}")
         i += 1
     return dotlist
