@@ -9,31 +9,31 @@ from trainer.metrics import classification_metrics, roc_auc
 
 
 @pytest.mark.parametrize(
-    "values,names",
+    "values,names,ids",
     [
-        ([0, 1, 1, 0], ["negative", "positive"]),
-        ([True, False], ["negative", "positive"]),
-        (["pos", "neg", "pos"], ["negative", "positive"]),
-        (["Positive", "NEGATIVE "], ["negative", "positive"]),
-        (["positive", "neutral", "negative"], ["negative", "neutral", "positive"]),
-        ([-1, 1], ["negative", "positive"]),
-        ([1, 2, 3, 4, 5], ["1", "2", "3", "4", "5"]),
-        ([0.0, 1.0], ["negative", "positive"]),
-        (["sports", "business", "world"], ["business", "sports", "world"]),
+        ([0, 1, 1, 0], ["negative", "positive"], [0, 1, 1, 0]),
+        ([True, False], ["negative", "positive"], [1, 0]),
+        (["pos", "neg", "pos"], ["negative", "positive"], [1, 0, 1]),
+        (["Positive", "NEGATIVE "], ["negative", "positive"], [1, 0]),
+        (["positive", "neutral", "negative"], ["negative", "neutral", "positive"], [2, 1, 0]),
+        ([-1, 1], ["negative", "positive"], [0, 1]),
+        ([5, 1, 3, 2, 4], ["1", "2", "3", "4", "5"], [4, 0, 2, 1, 3]),
+        ([0.0, 1.0], ["negative", "positive"], [0, 1]),
+        (["sports", "business", "world"], ["business", "sports", "world"], [1, 0, 2]),
     ],
 )
-def test_labels_normalise_to_contiguous_ids(values, names):
+def test_labels_normalise_to_contiguous_ids(values, names, ids):
     label_map = LabelMap.infer(values)
     assert label_map.names == names
-    ids = [label_map.encode(v) for v in values]
-    assert [label_map.names[i] for i in ids] == [label_map.names[label_map.encode(v)] for v in values]
-    assert set(ids) <= set(range(len(names)))
+    assert [label_map.encode(v) for v in values] == ids
 
 
-def test_same_meaning_maps_to_same_id():
+def test_same_meaning_maps_to_same_id_whatever_the_training_type():
     label_map = LabelMap.infer(["pos", "neg"])
-    assert label_map.encode("positive") == label_map.encode("POS") == label_map.encode(True) == 1
-    assert LabelMap.infer([0, 1]).encode("1") == 1
+    assert label_map.encode("positive") == label_map.encode("POS") == label_map.encode(True) == label_map.encode(1) == 1
+    assert label_map.encode(0) == label_map.encode("-1") == 0
+    assert LabelMap.infer([0, 1]).encode("1") == LabelMap.infer([0, 1]).encode("pos") == 1
+    assert LabelMap.infer([True, False]).encode(0) == 0
 
 
 def test_unknown_label_names_the_known_ones():
@@ -75,3 +75,10 @@ def test_multiclass_metrics_are_macro_averages():
     assert m["precision"] == pytest.approx((1 + 0.5 + 1) / 3)
     assert m["recall"] == pytest.approx((1 + 1 + 0.5) / 3)
     assert "roc_auc" not in m
+
+
+def test_macro_averages_skip_classes_that_never_occur():
+    labels = torch.tensor([0, 1, 0, 1])
+    probs = torch.eye(3)[labels]  # perfect predictions; class 2 occurs nowhere
+    m = classification_metrics(probs, labels, torch.zeros(4))
+    assert m["precision"] == m["recall"] == m["f1"] == pytest.approx(1.0)

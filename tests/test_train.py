@@ -245,3 +245,20 @@ def test_tensorboard_tracker_writes_events(tmp_path):
     run = tmp_path / "run"
     assert main(["--config", "tiny", f"--train.output_dir={run}", "--logging.tracker=tensorboard"]) == 0
     assert list(run.rglob("events.out.tfevents.*"))
+
+
+def test_header_only_file(tmp_path, capsys):
+    path = write_csv(tmp_path / "t.csv", [])
+    assert "holds no rows" in bad_run(tmp_path, capsys, f"--data.train_files={path}")
+
+
+def test_validation_files_without_train_files(tmp_path, capsys):
+    path = write_csv(tmp_path / "v.csv", review_rows(10))
+    assert "needs data.train_files" in bad_run(tmp_path, capsys, f"--data.validation_files={path}")
+
+
+def test_roc_auc_as_best_metric_needs_two_classes(tmp_path, capsys):
+    rows = [(t, ["bad", "meh", "good"][i % 3]) for i, (t, _) in enumerate(review_rows(60))]
+    path = write_csv(tmp_path / "t.csv", rows)
+    err = bad_run(tmp_path, capsys, f"--data.train_files={path}", "--checkpoint.best_metric=roc_auc")
+    assert "needs two classes; the data has 3" in err

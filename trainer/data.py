@@ -47,7 +47,8 @@ class DataConfig:
     validation_files: list[str] | None = field(default=None, metadata={"help": "local validation files"})
     train_split: str = field(default="train", metadata={"help": "Hub split to train on"})
     validation_split: str | None = field(
-        default="validation", metadata={"help": "Hub split to validate on; carved from train if absent"}
+        default="auto",
+        metadata={"help": "Hub split to validate on; auto: 'validation' if there is one; null: carve from train"},
     )
     text_column: str = field(default="text", metadata={"help": "column holding the text"})
     label_column: str = field(default="label", metadata={"help": "column holding the label"})
@@ -69,7 +70,9 @@ class DataConfig:
     builtin: corpus.CorpusConfig = field(default_factory=corpus.CorpusConfig)
 
     def __post_init__(self) -> None:
-        check_range("data.validation_fraction", self.validation_fraction, 0.0, 0.9)
+        check_range("data.validation_fraction", self.validation_fraction, 0.01, 0.9)
+        if self.validation_files and not self.train_files:
+            raise UserError("data.validation_files needs data.train_files too (local files for both splits)")
         check_range("data.max_length", self.max_length, 1)
         check_range("data.num_workers", self.num_workers, 0)
         for key in ("max_train_examples", "max_eval_examples"):
@@ -149,6 +152,10 @@ def _load_files(paths: list[str]) -> datasets.Dataset:
         raise UserError(
             f"{', '.join(paths)} is not valid UTF-8 text ({exc.reason}); convert it, e.g. with iconv"
         ) from exc
+    except ValueError as exc:
+        if "corresponds to no data" in str(exc):
+            raise UserError(f"{', '.join(paths)} holds no rows; check the file") from exc
+        raise
     except datasets.exceptions.DatasetGenerationError as exc:
         cause = exc.__cause__ or exc
         if isinstance(cause, UnicodeDecodeError):
@@ -183,7 +190,15 @@ def load_raw_splits(config: DataConfig) -> dict[str, datasets.Dataset | None]:
     splits = _load_hub(config)
     if config.train_split not in splits:
         raise UserError(f"{config.name} has no split {config.train_split!r}; it has: {', '.join(splits)}")
-    return {"train": splits[config.train_split], "validation": splits.get(config.validation_split)}
+    split = config.validation_split
+    if split == "auto":
+        split = "validation" if "validation" in splits else None
+    elif split is not None and split not in splits:
+        raise UserError(
+            f"{config.name} has no split {split!r}; it has: {', '.join(splits)} "
+            "(or set --data.validation_split=null to carve one from train)"
+        )
+    return {"train": splits[config.train_split], "validation": splits[split] if split else None}
 
 
 def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> datasets.Dataset:
@@ -197,7 +212,12 @@ def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> dat
     if isinstance(label_feature, datasets.ClassLabel):  # hub datasets: ids -> their names
         ds = ds.cast_column(config.label_column, datasets.Value("string"))
         names = label_feature.names
-        ds = ds.map(lambda b: {config.label_column: [names[int(v)] for v in b[config.label_column]]}, batched=True)
+        # -1 marks an unlabelled row (e.g. GLUE test splits): it becomes a missing label, dropped later.
+        ds = ds.map(
+            lambda b: {config.label_column: [names[int(v)] if 0 <= int(v) < len(names) else None
+                                             for v in b[config.label_column]]},
+            batched=True,
+        )  # fmt: skip
     if config.text_column != "text":
         ds = ds.rename_column(config.text_column, "text")
     if config.label_column != "label":
@@ -255,7 +275,7 @@ def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) ->
                 f"the training split has only {len(splits['train'])} rows, too few to carve a validation split"
             )
         carved = splits["train"].train_test_split(
-            test_size=config.validation_fraction or 0.1, seed=config.split_seed, shuffle=True
+            test_size=config.validation_fraction, seed=config.split_seed, shuffle=True
         )
         splits = {"train": carved["train"], "validation": carved["test"]}
         stats["validation_carved"] = True
@@ -272,18 +292,21 @@ def _text_batches(ds: datasets.Dataset, batch_size: int = 1000) -> Iterator[list
 
 
 def build_tokenizer(train: datasets.Dataset, config: TokenizerConfig, cache_dir: Path, data_key: str) -> tuple:
-    """The tokenizer from ``config.path``, the cache, or trained on ``train``; returns (tokenizer, cache hit)."""
+    """The tokenizer from ``config.path``, the cache, or trained on ``train``.
+
+    Returns (tokenizer, source) with source "file", "cache" or "trained".
+    """
     if config.path:
-        return load_tokenizer(config.path), True
+        return load_tokenizer(config.path), "file"
     path = cache_dir / "tokenizers" / f"{_digest([data_key, asdict(config)])}.json"
     if path.is_file():
-        return load_tokenizer(path), True
+        return load_tokenizer(path), "cache"
     tokenizer = train_tokenizer(_text_batches(train), config)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_tokenizer(tokenizer, tmp)
     os.replace(tmp, path)
-    return tokenizer, False
+    return tokenizer, "trained"
 
 
 def tokenize_split(
@@ -309,29 +332,54 @@ def tokenize_split(
     return tokenized, hit
 
 
+@dataclass
+class Coordination:
+    """How ``prepare_data`` works with the other processes; the defaults are a single process.
+
+    ``from_main(value)`` returns the main process's ``value`` on every process (a broadcast).
+    """
+
+    is_main: bool = True
+    main_process_first: Callable[[], AbstractContextManager] = nullcontext
+    from_main: Callable[[object], object] = lambda value: value
+
+
 def prepare_data(
-    config: DataConfig,
-    tokenizer_config: TokenizerConfig,
-    main_process_first: Callable[[], AbstractContextManager] = nullcontext,
+    config: DataConfig, tokenizer_config: TokenizerConfig, coordination: Coordination | None = None
 ) -> PreparedData:
-    """Load, clean, tokenise. The main process does the work first; the others then hit the caches."""
+    """Load, clean, tokenise.
+
+    The main process goes first at each stage and fills the caches; the tokenizer is the main
+    process's on every process (tokenizer training is not deterministic across processes, and
+    other nodes may not share the cache folder).
+    """
+    co = coordination or Coordination()
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     datasets.disable_progress_bars()  # we report one line per stage instead
     started = time.perf_counter()
-    with main_process_first():
-        data_key = _digest(source_identity(config))
-        splits, label_map, stats = clean_splits(load_raw_splits(config), config)
-        tokenizer, stats["tokenizer_cache_hit"] = build_tokenizer(
-            splits["train"], tokenizer_config, cache_dir, data_key
-        )
-        stats["load_seconds"] = round(time.perf_counter() - started, 2)
-        tokens_key = _digest([data_key, tokenizer.to_str(), config.max_length])
+    with co.main_process_first():
+        identity = source_identity(config)  # checks that local files exist
+        raw = load_raw_splits(config)
+        if config.source == "hub":  # a new upload of an unpinned dataset must not hit old caches
+            identity["fingerprint"] = raw["train"]._fingerprint
+        data_key = _digest(identity)
+        splits, label_map, stats = clean_splits(raw, config)
+        if co.is_main:
+            tokenizer, stats["tokenizer_source"] = build_tokenizer(
+                splits["train"], tokenizer_config, cache_dir, data_key
+            )
+    tokenizer_json = co.from_main(tokenizer.to_str() if co.is_main else None)
+    if not co.is_main:
+        tokenizer, stats["tokenizer_source"] = Tokenizer.from_str(tokenizer_json), "main process"
+    stats["load_seconds"] = round(time.perf_counter() - started, 2)
+    with co.main_process_first():
+        tokens_key = _digest([data_key, tokenizer_json, config.max_length])
         tokenized = {}
         for split, ds in splits.items():
             tokenized[split], stats[f"{split}_tokens_cache_hit"] = tokenize_split(
                 ds, tokenizer, config.max_length, cache_dir / "tokenized" / f"{tokens_key}-{split}.arrow"
             )
-        stats["tokenize_seconds"] = round(time.perf_counter() - started - stats["load_seconds"], 2)
+    stats["tokenize_seconds"] = round(time.perf_counter() - started - stats["load_seconds"], 2)
     return PreparedData(tokenized["train"], tokenized["validation"], tokenizer, label_map, stats)
 
 

@@ -43,8 +43,10 @@ def canonical_label(value: object, numeric_names: dict[int, str] | None) -> str:
     if isinstance(value, bool):
         return "positive" if value else "negative"
     number = _as_number(value)
-    if number is not None and numeric_names is not None:
-        return numeric_names.get(number, str(number))
+    if number is not None:
+        # With string or boolean training labels, 0/1 and -1/1 still mean negative/positive.
+        names = numeric_names if numeric_names is not None else _numeric_names({number})
+        return names.get(number, str(number))
     if isinstance(value, str):
         text = value.strip()
         return SYNONYMS.get(text.lower(), text)

@@ -46,12 +46,20 @@ def classification_metrics(probabilities: torch.Tensor, labels: torch.Tensor, lo
     if num_classes == 2:
         metrics.update(precision=precision[1].item(), recall=recall[1].item(), f1=f1[1].item())
         metrics["roc_auc"] = roc_auc(probabilities[:, 1], labels)
-    else:
-        metrics.update(precision=precision.mean().item(), recall=recall.mean().item(), f1=f1.mean().item())
+    else:  # macro averages over the classes that occur (in labels or predictions), as scikit-learn
+        present = (actual + predicted) > 0
+        metrics.update(
+            precision=precision[present].mean().item(),
+            recall=recall[present].mean().item(),
+            f1=f1[present].mean().item(),
+        )
     metrics["n"] = len(labels)
     return metrics
 
 
+# Metrics reported for 2 classes and for 3 or more (no ROC-AUC there).
+METRICS_FOR = {2: ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")}
+METRICS_FOR[3] = METRICS_FOR[2][:-1]
 METRIC_MODES = {"loss": "min", "accuracy": "max", "precision": "max", "recall": "max", "f1": "max", "roc_auc": "max"}
 
 

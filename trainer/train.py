@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -33,9 +34,9 @@ from tqdm.auto import tqdm
 
 from trainer.checkpoint import export_model, state_digest
 from trainer.config import Config, config_reference, load_config, preset_names, to_yaml
-from trainer.data import LengthGroupedBatchSampler, PreparedData, build_dataloaders, prepare_data
+from trainer.data import Coordination, LengthGroupedBatchSampler, PreparedData, build_dataloaders, prepare_data
 from trainer.errors import EXIT_USAGE, UserError
-from trainer.metrics import MetricsLog, Throughput, classification_metrics, is_better
+from trainer.metrics import METRICS_FOR, MetricsLog, Throughput, classification_metrics, is_better
 from trainer.model import SentimentRNN, class_probabilities, classification_loss
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.tokenizer import pad_id, save_tokenizer
@@ -190,7 +191,18 @@ def setup(config: Config, preset: str) -> Run:
     accelerator = build_accelerator(config, log_with, run_dir)
     set_seed(train_cfg.seed)
 
-    data = prepare_data(config.data, config.tokenizer, accelerator.main_process_first)
+    coordination = Coordination(
+        is_main=accelerator.is_main_process,
+        main_process_first=accelerator.main_process_first,
+        from_main=lambda value: broadcast_object_list([value])[0],
+    )
+    data = prepare_data(config.data, config.tokenizer, coordination)
+    if config.checkpoint.best_metric not in METRICS_FOR[min(len(data.label_map.names), 3)]:
+        raise UserError(
+            f"checkpoint.best_metric={config.checkpoint.best_metric} needs two classes; "
+            f"the data has {len(data.label_map.names)}: use loss, accuracy, precision, recall or f1",
+            on_every_rank=True,
+        )
     train_loader, eval_loader = build_dataloaders(
         data,
         config.data,
@@ -221,7 +233,10 @@ def setup(config: Config, preset: str) -> Run:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # only reachable with --overwrite
+        # With --overwrite, an earlier run's outputs go: nothing stale may pass for this run's.
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        for export_dir in ("best", "final"):
+            shutil.rmtree(run_dir / export_dir, ignore_errors=True)
         save_tokenizer(data.tokenizer, run_dir / "tokenizer.json")
         write_json(run_dir / "run_info.json", info)
     if log_with:
