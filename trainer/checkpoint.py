@@ -1,4 +1,13 @@
-"""Model exports (``best/``, ``final/``): safetensors weights + config + tokenizer + label names."""
+"""Training checkpoints (full state, atomic, resumable) and model exports (``best/``, ``final/``).
+
+A checkpoint ``checkpoints/step-00000100/`` holds what ``Accelerator.save_state`` writes (model
+weights as safetensors, optimizer, scheduler, gradient scaler, every rank's RNG states) plus our
+``train_state.json`` and a ``manifest.json`` of every file's size and SHA-256. It is written into
+a temporary folder and renamed into place once every rank's part is there, so a kill during a
+save leaves the previous checkpoint as it was. On resume each file is checked against the
+manifest, and the pickled ones are loaded with ``weights_only`` (plain tensors and containers)
+before Accelerate sees them: a checkpoint that would run code when unpickled is refused.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +15,18 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import load as accelerate_load
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from trainer.errors import UserError, check_choice
+from trainer.errors import UserError, check_choice, check_range
 from trainer.metrics import METRIC_MODES
 from trainer.model import ModelConfig, SentimentRNN
 from trainer.tokenizer import load_tokenizer, save_tokenizer
@@ -24,6 +36,12 @@ CONFIG_NAME = "config.json"
 TOKENIZER_NAME = "tokenizer.json"
 
 
+CHECKPOINTS_DIR = "checkpoints"
+STATE_NAME = "train_state.json"
+MANIFEST_NAME = "manifest.json"
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
 @dataclass
 class CheckpointConfig:
     best_metric: str = field(
@@ -31,9 +49,157 @@ class CheckpointConfig:
     )
     save_best: bool = field(default=True, metadata={"help": "export the best model to best/"})
     save_final: bool = field(default=True, metadata={"help": "export the last model to final/"})
+    save_every_steps: int = field(
+        default=0, metadata={"help": "also save a full checkpoint every N optimizer steps (0 = epoch ends only)"}
+    )
+    keep_last: int = field(default=2, metadata={"help": "full checkpoints kept, besides the best one"})
+    resume: str = field(
+        default="none", metadata={"help": "none, auto (newest complete checkpoint in the run folder) or a path"}
+    )
+    early_stopping_patience: int = field(
+        default=0, metadata={"help": "stop after N validations without improvement (0 = never)"}
+    )
 
     def __post_init__(self) -> None:
         check_choice("checkpoint.best_metric", self.best_metric, METRIC_MODES)
+        check_range("checkpoint.save_every_steps", self.save_every_steps, 0)
+        check_range("checkpoint.keep_last", self.keep_last, 1)
+        check_range("checkpoint.early_stopping_patience", self.early_stopping_patience, 0)
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved as JSON in every checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the epoch in progress
+    batches_in_epoch: int = 0  # this process's batches of that epoch already consumed
+    best_metrics: dict | None = None  # validation metrics of the best model so far
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    tracker_run_id: str | None = None  # the W&B run to keep logging to
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def save_checkpoint(accelerator, run_dir: Path, state: TrainState, keep_last: int) -> Path:
+    """Save the full training state atomically; call on every process. Returns the folder."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    final = root / step_dir_name(state.step)
+    tmp = root / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)  # every rank writes its RNG states
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_NAME).write_text(json.dumps(state.state_dict(), indent=2) + "\n", encoding="utf-8")
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+        # The manifest goes last: a folder without one was not finished.
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if final.exists():  # the same step saved again (e.g. an epoch end right after a step save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        prune_checkpoints(root, keep_last, state.best_step)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)), key=lambda p: p.name)
+
+
+def prune_checkpoints(root: Path, keep_last: int, best_step: int | None) -> None:
+    keep = {p.name for p in list_checkpoints(root)[-keep_last:]}
+    if best_step is not None:
+        keep.add(step_dir_name(best_step))
+    for path in list_checkpoints(root):
+        if path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def check_checkpoint(path: Path) -> str | None:
+    """None if the checkpoint is complete and intact, else what is wrong with it."""
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return "incomplete (no manifest)"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "unreadable manifest"
+    for name, expected in manifest.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["bytes"]:
+            return f"{name} has {file.stat().st_size} bytes, {expected['bytes']} expected"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def refuse_unsafe_pickles(path: Path) -> None:
+    """Load every pickled file with weights_only first: one that needs arbitrary code is refused."""
+    for file in sorted(path.glob("*")):
+        if file.suffix in (".bin", ".pkl", ".pt"):
+            try:
+                accelerate_load(file, map_location="cpu")
+            except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+                raise UserError(
+                    f"refusing checkpoint {path}: {file.name} holds pickled objects other than tensors and plain "
+                    "data, which could run code when loaded; it was not loaded (use a checkpoint you trust)"
+                ) from exc
+
+
+def find_resume_checkpoint(run_dir: Path, resume: str, report) -> Path | None:
+    """The checkpoint to resume from: ``auto`` takes the newest intact one, reporting skipped ones."""
+    if resume == "none":
+        return None
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_dir():
+            raise UserError(f"checkpoint {path} does not exist; give a checkpoint folder, auto or none")
+        problem = check_checkpoint(path)
+        if problem:
+            raise UserError(f"checkpoint {path} cannot be used: {problem}")
+        return path
+    for path in reversed(list_checkpoints(Path(run_dir) / CHECKPOINTS_DIR)):
+        problem = check_checkpoint(path)
+        if problem is None:
+            return path
+        report(f"checkpoint {path} is {problem if problem.startswith('incomplete') else 'corrupted: ' + problem}; "
+               "trying the one before")  # fmt: skip
+    report(f"no checkpoint to resume from in {Path(run_dir) / CHECKPOINTS_DIR}: starting from scratch")
+    return None
+
+
+def load_checkpoint(accelerator, path: Path, state: TrainState) -> None:
+    """Restore everything ``save_checkpoint`` saved; call on every process."""
+    refuse_unsafe_pickles(path)
+    accelerator.load_state(str(path))
+    state.load_state_dict(json.loads((path / STATE_NAME).read_text(encoding="utf-8")))
 
 
 def export_model(

@@ -497,9 +497,13 @@ def build_dataloaders(
     collate = PaddingCollator(pad_id(data.tokenizer), pad_to_multiple_of)
     sampler = LengthGroupedBatchSampler(lengths_of(data.train), batch_size, num_shards, seed, config.group_by_length)
     common = {"collate_fn": collate, "num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
-    train_loader = DataLoader(data.train, batch_sampler=sampler, **common)
+    # Own generators: iterating a loader must not draw from the global RNG (dropout's), or a run
+    # resumed mid-epoch would not repeat the uninterrupted one exactly.
+    train_loader = DataLoader(data.train, batch_sampler=sampler, generator=torch.Generator(), **common)
     lengths = lengths_of(data.validation)
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     validation = data.validation.select(order)
-    eval_loader = DataLoader(validation, batch_size=eval_batch_size, shuffle=False, **common)
+    eval_loader = DataLoader(
+        validation, batch_size=eval_batch_size, shuffle=False, generator=torch.Generator(), **common
+    )
     return train_loader, eval_loader

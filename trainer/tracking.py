@@ -36,6 +36,13 @@ def wandb_has_credentials() -> bool:
         return False
 
 
+def tracker_resume_kwargs(init_kwargs: dict, run_id: str | None) -> dict:
+    """Keep logging to the interrupted run's W&B run."""
+    if "wandb" in init_kwargs and run_id:
+        return {**init_kwargs, "wandb": {**init_kwargs["wandb"], "id": run_id, "resume": "allow"}}
+    return init_kwargs
+
+
 def tracker_setup(config: LoggingConfig, run_dir: Path) -> tuple[list[str], dict, str | None]:
     """(log_with, init_kwargs, note) for ``Accelerator`` / ``init_trackers``.
 

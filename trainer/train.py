@@ -19,6 +19,7 @@ import json
 import math
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,15 +33,24 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from trainer.checkpoint import export_model, state_digest
+from trainer.checkpoint import (
+    CHECKPOINTS_DIR,
+    TrainState,
+    export_model,
+    find_resume_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    state_digest,
+)
 from trainer.config import Config, config_reference, load_config, preset_names, to_yaml
 from trainer.data import Coordination, LengthGroupedBatchSampler, PreparedData, build_dataloaders, prepare_data
 from trainer.errors import EXIT_USAGE, UserError
 from trainer.metrics import METRICS_FOR, MetricsLog, Throughput, classification_metrics, is_better
 from trainer.model import SentimentRNN, class_probabilities, classification_loss
 from trainer.optim import build_optimizer, build_scheduler
+from trainer.preemption import Preemption
 from trainer.tokenizer import pad_id, save_tokenizer
-from trainer.tracking import tracker_setup
+from trainer.tracking import tracker_resume_kwargs, tracker_setup
 
 DEFAULT_PRESET = "default"
 
@@ -91,10 +101,15 @@ def resolve_run_dir(config: Config, preset: str, state: PartialState) -> Path:
     if state.is_main_process:  # one verdict for all: on a shared file system the others see the same
         if run_dir.exists() and not run_dir.is_dir():
             problem = f"{run_dir} exists and is not a folder; choose another --train.output_dir"
-        elif run_dir.is_dir() and any(run_dir.iterdir()) and not config.train.overwrite:
+        elif (
+            run_dir.is_dir()
+            and any(run_dir.iterdir())
+            and not config.train.overwrite
+            and config.checkpoint.resume == "none"
+        ):
             problem = (
-                f"run folder {run_dir} is not empty; pass --overwrite to train into it "
-                "or choose another --train.output_dir"
+                f"run folder {run_dir} is not empty; resume it with --resume auto, pass --overwrite to "
+                "start over in it, or choose another --train.output_dir"
             )
     problem = broadcast_object_list([problem])[0]
     if problem:
@@ -179,6 +194,7 @@ class Run:
     info: dict
     total_steps: int
     steps_per_epoch: int
+    state: TrainState
     started: float = field(default_factory=time.time)
 
 
@@ -225,7 +241,22 @@ def setup(config: Config, preset: str) -> Run:
         model, optimizer, train_loader, eval_loader, scheduler
     )
 
+    state = TrainState()
+    resume_from = None
+    if config.checkpoint.resume != "none":
+        found = None
+        if accelerator.is_main_process:
+            path = find_resume_checkpoint(run_dir, config.checkpoint.resume, lambda line: say(accelerator, line))
+            found = str(path) if path else None
+        resume_from = broadcast_object_list([found])[0]
+        if resume_from:
+            load_checkpoint(accelerator, Path(resume_from), state)
+            say(accelerator, f"resumed from {resume_from} at step {state.step} (epoch {state.epoch})")
+    if resume_from:
+        tracker_kwargs = tracker_resume_kwargs(tracker_kwargs, state.tracker_run_id)
+
     info = run_info(config, accelerator, data.stats)
+    info["resumed_from"] = resume_from
     # Which process tokenised and which reused the cache (the main one goes first).
     info["data_per_rank"] = gather_object([data.stats])
     info |= {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
@@ -233,15 +264,19 @@ def setup(config: Config, preset: str) -> Run:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
-        # With --overwrite, an earlier run's outputs go: nothing stale may pass for this run's.
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        for export_dir in ("best", "final"):
-            shutil.rmtree(run_dir / export_dir, ignore_errors=True)
+        if resume_from:  # what the interrupted run logged after its checkpoint is logged again
+            truncate_metrics(run_dir / "metrics.jsonl", state.step)
+        else:  # with --overwrite, an earlier run's outputs go: nothing stale may pass for this run's
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            for stale in ("best", "final", CHECKPOINTS_DIR):
+                shutil.rmtree(run_dir / stale, ignore_errors=True)
         save_tokenizer(data.tokenizer, run_dir / "tokenizer.json")
         write_json(run_dir / "run_info.json", info)
     if log_with:
         hparams = flatten(asdict(config), scalars_only="tensorboard" in log_with)
         accelerator.init_trackers(config.logging.project, config=hparams, init_kwargs=tracker_kwargs)
+        if "wandb" in log_with and accelerator.is_main_process:
+            state.tracker_run_id = accelerator.get_tracker("wandb", unwrap=True).id
     log = MetricsLog(run_dir / "metrics.jsonl" if accelerator.is_main_process else None, accelerator.log)
 
     cached = "from cache" if data.stats["train_tokens_cache_hit"] else "tokenised"
@@ -261,41 +296,60 @@ def setup(config: Config, preset: str) -> Run:
     if tracker_note:
         say(accelerator, tracker_note)
     return Run(config, accelerator, run_dir, data, model, optimizer, scheduler, train_loader, eval_loader,
-               sampler, log, info, total_steps, steps_per_epoch)  # fmt: skip
+               sampler, log, info, total_steps, steps_per_epoch, state)  # fmt: skip
 
 
-def fit(run: Run) -> dict:
-    """The training loop; exports best/ and final/ and returns the final validation metrics."""
-    config, accelerator, model, optimizer = run.config, run.accelerator, run.model, run.optimizer
-    best_value, best_metrics, metrics = None, None, {}
-    step, last_eval_step = 0, -1
+def fit(run: Run) -> int:
+    """The training loop. Exports best/ and final/; returns the exit code (128 + signal if preempted)."""
+    config, accelerator, model, optimizer, state = run.config, run.accelerator, run.model, run.optimizer, run.state
+    metrics, last_eval_step, stop, stop_signum = {}, -1, None, 0
     throughput, loss_sum, loss_count = Throughput(), torch.zeros((), device=accelerator.device), 0
-    progress = tqdm(total=run.total_steps, disable=not accelerator.is_main_process, desc="training", unit="step")
+    progress = tqdm(total=run.total_steps, initial=state.step, disable=not accelerator.is_main_process,
+                    desc="training", unit="step")  # fmt: skip
+    preemption = Preemption()
+    preemption.install()
 
     def note(line: str) -> None:
         if accelerator.is_main_process:
             progress.write(line)  # tqdm.write prints on every process, even with the bar disabled
 
     def validate() -> None:
-        nonlocal best_value, best_metrics, metrics, last_eval_step
-        metrics, last_eval_step = evaluate(model, run.eval_loader, accelerator), step
-        run.log.write({"epoch": round(step / run.steps_per_epoch, 3), **prefixed("eval/", metrics)}, step)
-        value = metrics[config.checkpoint.best_metric]
-        if is_better(value, best_value, config.checkpoint.best_metric):
-            best_value, best_metrics = value, metrics
+        nonlocal metrics, last_eval_step, stop
+        metrics, last_eval_step = evaluate(model, run.eval_loader, accelerator), state.step
+        run.log.write({"epoch": round(state.step / run.steps_per_epoch, 3), **prefixed("eval/", metrics)}, state.step)
+        best = state.best_metrics
+        if best is None or is_better(metrics[config.checkpoint.best_metric], best[config.checkpoint.best_metric],
+                                     config.checkpoint.best_metric):  # fmt: skip
+            state.best_metrics, state.best_step, state.evals_without_improvement = metrics, state.step, 0
             if config.checkpoint.save_best and accelerator.is_main_process:
-                export(run, "best", {"step": step, "metrics": metrics})
+                export(run, "best", {"step": state.step, "metrics": metrics})
+        else:
+            state.evals_without_improvement += 1
         note(
-            f"step {step} epoch {step / run.steps_per_epoch:.2f}: validation loss {metrics['loss']:.4f} "
+            f"step {state.step} epoch {state.step / run.steps_per_epoch:.2f}: validation loss {metrics['loss']:.4f} "
             f"accuracy {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f}"
-            + (" (best)" if best_metrics is metrics else "")
+            + (" (best)" if state.best_step == state.step else "")
         )
+        patience = config.checkpoint.early_stopping_patience
+        if patience and state.evals_without_improvement >= patience:
+            note(f"early stopping: no better validation {config.checkpoint.best_metric} in {patience} evaluations")
+            stop = "early stopping"
+
+    def checkpoint() -> None:
+        started = time.perf_counter()
+        path = save_checkpoint(accelerator, run.run_dir, state, config.checkpoint.keep_last)
+        run.log.write({"checkpoint/seconds": round(time.perf_counter() - started, 3)}, state.step)
+        note(f"saved {path}")
 
     model.train()
-    for epoch in range(math.ceil(run.total_steps / run.steps_per_epoch)):
-        run.sampler.set_epoch(epoch)
-        run.train_loader.set_epoch(epoch)
-        for batch in run.train_loader:
+    epochs = math.ceil(run.total_steps / run.steps_per_epoch)
+    while state.epoch < epochs and stop is None:
+        run.sampler.set_epoch(state.epoch)
+        run.train_loader.set_epoch(state.epoch)
+        loader = run.train_loader
+        if state.batches_in_epoch:  # resuming mid-epoch: continue at the next batch
+            loader = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
+        for batch in loader:
             with accelerator.accumulate(model):
                 logits = model(batch["input_ids"], batch["lengths"])  # (B, 1) or (B, C)
                 loss = classification_loss(logits, batch["labels"])
@@ -304,6 +358,7 @@ def fit(run: Run) -> dict:
                     accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
                 optimizer.step()  # a no-op on accumulation micro-steps
                 optimizer.zero_grad(set_to_none=True)
+            state.batches_in_epoch += 1
             loss_sum += loss.detach()
             loss_count += 1
             throughput.update(int(batch["lengths"].sum()), len(batch["lengths"]))
@@ -311,41 +366,66 @@ def fit(run: Run) -> dict:
                 continue
             if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
                 run.scheduler.step()
-            step += 1
+            state.step += 1
             progress.update(1)
-            if step % config.train.log_every_steps == 0 or step == run.total_steps:
+            if state.step % config.train.log_every_steps == 0 or state.step == run.total_steps:
                 record = {"train/loss": accelerator.reduce(loss_sum / loss_count, "mean").item()}
                 record["train/lr"] = run.scheduler.get_last_lr()[0]
                 rates = throughput.read()
                 totals = accelerator.reduce(torch.tensor(list(rates.values()), device=accelerator.device), "sum")
                 record |= prefixed("train/", dict(zip(rates, totals.tolist(), strict=True)))
-                run.log.write({**record, "epoch": round(step / run.steps_per_epoch, 3)}, step)
+                run.log.write({**record, "epoch": round(state.step / run.steps_per_epoch, 3)}, state.step)
                 progress.set_postfix(loss=f"{record['train/loss']:.4f}", tok_s=f"{totals[0]:,.0f}")
                 loss_sum.zero_()
                 loss_count = 0
-            if config.train.eval_every_steps and step % config.train.eval_every_steps == 0:
+            if config.train.eval_every_steps and state.step % config.train.eval_every_steps == 0:
                 validate()
-            if step >= run.total_steps:
+            signum = preemption.requested(accelerator)
+            if signum:
+                stop, stop_signum = f"signal {signal.Signals(signum).name}", signum
+            every = config.checkpoint.save_every_steps
+            if signum or (every and state.step % every == 0 and state.step < run.total_steps):
+                checkpoint()
+            if stop or state.step >= run.total_steps:
                 break
-        if last_eval_step != step:  # each epoch's end, and the end of training
-            validate()
+        else:  # the epoch ran to its end
+            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+            if last_eval_step != state.step:
+                validate()
+            if state.step < run.total_steps:
+                checkpoint()
+            continue
+        if stop is None or stop == "early stopping":  # max_steps reached, or stopped by validation
+            if last_eval_step != state.step:
+                validate()
+            break
     progress.close()
+    preemption.uninstall()
+
+    if stop and stop.startswith("signal"):
+        requeued = Preemption.requeue() if accelerator.is_main_process else None
+        say(accelerator, f"stopped by {stop} at step {state.step}; resume with --checkpoint.resume=auto"
+            + (f" ({requeued})" if requeued else ""))  # fmt: skip
+        accelerator.end_training()
+        return 128 + stop_signum
 
     digests = gather_object([state_digest(accelerator.unwrap_model(model))])
     if accelerator.is_main_process:
         if config.checkpoint.save_final:
-            export(run, "final", {"step": step, "metrics": metrics})
-        run.info |= {"final_step": step, "final_metrics": metrics, "best_metric": config.checkpoint.best_metric}
-        run.info |= {"best_metrics": best_metrics, "weight_digests": digests}
-        run.info["train_seconds"] = round(time.time() - run.started, 1)
+            export(run, "final", {"step": state.step, "metrics": metrics})
+        run.info |= {"final_step": state.step, "final_metrics": metrics, "best_metric": config.checkpoint.best_metric}
+        run.info |= {"best_metrics": state.best_metrics, "best_step": state.best_step, "weight_digests": digests}
+        run.info |= {"stopped_early": stop == "early stopping", "train_seconds": round(time.time() - run.started, 1)}
         write_json(run.run_dir / "run_info.json", run.info)
+    best = state.best_metrics
     say(
         accelerator,
         f"done in {time.time() - run.started:.0f}s: best validation {config.checkpoint.best_metric} "
-        f"{best_value:.4f} (accuracy {best_metrics['accuracy']:.4f}) saved to {run.run_dir / 'best'}",
+        f"{best[config.checkpoint.best_metric]:.4f} (accuracy {best['accuracy']:.4f}, step {state.best_step}) "
+        f"saved to {run.run_dir / 'best'}",
     )
     accelerator.end_training()
-    return metrics
+    return 0
 
 
 def export(run: Run, name: str, extra: dict) -> None:
@@ -357,6 +437,14 @@ def export(run: Run, name: str, extra: dict) -> None:
 
 def prefixed(prefix: str, values: dict) -> dict:
     return {f"{prefix}{k}": v for k, v in values.items()}
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records up to ``step`` (a resumed run logs the later ones again)."""
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def say(accelerator: Accelerator, line: str) -> None:
@@ -400,6 +488,14 @@ def parse_cli(argv: list[str]) -> tuple[str, list[str], bool, bool]:
                 preset, i = argv[i + 1], i + 1
             else:
                 raise UserError("--config needs a preset name or a YAML file")
+        elif arg == "--resume" or arg.startswith("--resume="):
+            if "=" in arg:
+                overrides.append(f"--checkpoint.resume={arg.split('=', 1)[1]}")
+            elif i + 1 < len(argv):
+                overrides.append(f"--checkpoint.resume={argv[i + 1]}")
+                i += 1
+            else:
+                raise UserError("--resume needs auto, none or a checkpoint folder")
         elif arg == "--overwrite":
             overwrite = True
         elif arg == "--debug":
@@ -437,8 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.on_every_rank = True  # every process parses the same command line
             raise
         config.train.overwrite = config.train.overwrite or overwrite
-        fit(setup(config, preset))
-        return 0
+        return fit(setup(config, preset))
     except UserError as exc:
         report(exc, debug)
         return EXIT_USAGE

@@ -1,21 +1,40 @@
-"""Loaded by tests through PYTHONPATH: makes one launched worker crash mid-training.
+"""Loaded by tests through PYTHONPATH: makes one process fail at a chosen moment.
 
-With FAULT_RANK=r and FAULT_AT_STEP=n, the worker of rank r raises RuntimeError in its n-th
-gradient clipping call (once per optimizer step), while the other ranks wait in a collective.
+FAULT_RANK: the rank that fails ("0" also means a process started without a launcher).
+FAULT_AT_STEP=n with FAULT_KIND=raise (RuntimeError) or kill (SIGKILL): in the n-th gradient
+clipping call, i.e. during optimizer step n. FAULT_KILL_IN_SAVE=n: SIGKILL while the n-th
+checkpoint is being put in place (after its files are written, before the rename).
 """
 
 import os
+import signal
 
-if os.environ.get("RANK") is not None and os.environ.get("RANK") == os.environ.get("FAULT_RANK"):
-    import torch
+if os.environ.get("FAULT_RANK") is not None and os.environ.get("RANK", "0") == os.environ["FAULT_RANK"]:
+    if os.environ.get("FAULT_AT_STEP"):
+        import torch
 
-    _clip = torch.nn.utils.clip_grad_norm_
-    _calls = [0]
+        _clip = torch.nn.utils.clip_grad_norm_
+        _calls = [0]
 
-    def _faulty_clip(*args, **kwargs):
-        _calls[0] += 1
-        if _calls[0] == int(os.environ.get("FAULT_AT_STEP", "3")):
-            raise RuntimeError(f"injected fault on rank {os.environ['RANK']}")
-        return _clip(*args, **kwargs)
+        def _faulty_clip(*args, **kwargs):
+            _calls[0] += 1
+            if _calls[0] == int(os.environ["FAULT_AT_STEP"]):
+                if os.environ.get("FAULT_KIND", "raise") == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise RuntimeError(f"injected fault on rank {os.environ.get('RANK', '0')}")
+            return _clip(*args, **kwargs)
 
-    torch.nn.utils.clip_grad_norm_ = _faulty_clip
+        torch.nn.utils.clip_grad_norm_ = _faulty_clip
+
+    if os.environ.get("FAULT_KILL_IN_SAVE"):
+        _replace = os.replace
+        _saves = [0]
+
+        def _faulty_replace(src, dst, *args, **kwargs):
+            if ".tmp-step-" in os.fspath(src):
+                _saves[0] += 1
+                if _saves[0] == int(os.environ["FAULT_KILL_IN_SAVE"]):
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return _replace(src, dst, *args, **kwargs)
+
+        os.replace = _faulty_replace

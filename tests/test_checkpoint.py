@@ -1,0 +1,156 @@
+"""Checkpoints: exact resume after a kill, atomic saves, corruption, preemption, early stopping, safety."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, read_json, read_jsonl, run_cli
+from test_distributed import launcher
+
+from trainer.checkpoint import MANIFEST_NAME, _sha256
+
+pytestmark = pytest.mark.slow
+FAULTS = Path(__file__).parent / "faults"
+# 34 optimizer steps (2 epochs of 17), a full checkpoint every 4 steps and at each epoch end.
+COMMON = ["--config", "tiny", "--logging.tracker=none", "--checkpoint.save_every_steps=4"]
+
+
+def train(run: Path, *args: str, env: dict | None = None, expect: int = 0, launch=None):
+    # One thread everywhere: float results depend on the thread count (module fixtures run before
+    # the per-test environment is set).
+    env = {"OMP_NUM_THREADS": "1", **(env or {})}
+    result = run_cli([*COMMON, f"--train.output_dir={run}", *args], cwd=run.parent, env=env, launcher=launch)
+    assert result.returncode == expect, result.stderr[-3000:]
+    return result
+
+
+def faults(**env) -> dict:
+    return {"PYTHONPATH": f"{FAULTS}:{REPO}", "FAULT_RANK": "0", **{k: str(v) for k, v in env.items()}}
+
+
+def digest(run: Path) -> str:
+    digests = read_json(run / "run_info.json")["weight_digests"]
+    assert len(set(digests)) == 1
+    return digests[0]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run every resumed one must reproduce."""
+    run = tmp_path_factory.mktemp("ref") / "run"
+    train(run)
+    return run
+
+
+def steps_logged(run: Path) -> list[int]:
+    return [r["step"] for r in read_jsonl(run / "metrics.jsonl") if "train/loss" in r]
+
+
+def test_killed_and_resumed_run_ends_bit_for_bit_equal(reference, tmp_path):
+    run = tmp_path / "run"
+    train(run, env=faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000004", "step-00000008"]
+    result = train(run, "--resume", "auto")
+    assert "resumed from" in result.stdout and "step-00000008" in result.stdout
+    assert digest(run) == digest(reference)
+    assert steps_logged(run) == steps_logged(reference), "each step logged once"
+    assert read_json(run / "run_info.json")["final_metrics"] == read_json(reference / "run_info.json")["final_metrics"]
+
+
+def test_kill_during_a_save_keeps_the_previous_checkpoint(reference, tmp_path):
+    run = tmp_path / "run"
+    train(run, env=faults(FAULT_KILL_IN_SAVE=3), expect=-signal.SIGKILL)  # the save of step 12
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == [".tmp-step-00000012", "step-00000004", "step-00000008"]
+    train(run, "--resume", "auto")
+    assert digest(run) == digest(reference)
+
+
+def test_a_corrupted_checkpoint_is_reported_and_the_previous_one_used(reference, tmp_path):
+    run = tmp_path / "run"
+    train(run, env=faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    weights = run / "checkpoints" / "step-00000008" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    result = train(run, "--resume", "auto")
+    lines = [line for line in result.stdout.splitlines() if "step-00000008" in line and "saved" not in line]
+    assert len(lines) == 1 and "is corrupted: model.safetensors has 100 bytes" in lines[0]
+    assert "resumed from" in result.stdout and "step-00000004" in result.stdout
+    assert digest(run) == digest(reference)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    run = tmp_path / "run"
+    train(run, "--train.max_steps=5", "--checkpoint.save_every_steps=4")
+    checkpoint = run / "checkpoints" / "step-00000004"
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (checkpoint / "optimizer.bin").write_bytes(pickle.dumps({"state": Payload()}))
+    manifest = json.loads((checkpoint / MANIFEST_NAME).read_text())
+    file = checkpoint / "optimizer.bin"
+    manifest["optimizer.bin"] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+    (checkpoint / MANIFEST_NAME).write_text(json.dumps(manifest))
+    result = train(run, "--resume", str(checkpoint), expect=2)
+    assert "refusing checkpoint" in result.stderr and "optimizer.bin" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not marker.exists(), "the pickle was never executed"
+
+
+def test_early_stopping_stops_and_its_patience_survives_resume(tmp_path):
+    # lr 0: validation never improves after the first evaluation (step 2).
+    args = ["--optim.lr=0", "--train.eval_every_steps=2", "--checkpoint.early_stopping_patience=3",
+            "--checkpoint.save_every_steps=2"]  # fmt: skip
+    straight = tmp_path / "straight"
+    train(straight, *args)
+    info = read_json(straight / "run_info.json")
+    assert info["stopped_early"] and info["final_step"] == 8 and info["best_step"] == 2
+    resumed = tmp_path / "resumed"
+    train(resumed, *args, env=faults(FAULT_AT_STEP=7, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    train(resumed, *args, "--resume", "auto")
+    info = read_json(resumed / "run_info.json")
+    assert info["stopped_early"] and info["final_step"] == 8
+
+
+def test_two_processes_resume_to_the_same_final_metrics(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(straight, launch=launcher(2))
+    env = faults(FAULT_AT_STEP=7, FAULT_KIND="kill")
+    env["FAULT_RANK"] = "1"
+    result = run_cli([*COMMON, f"--train.output_dir={resumed}"], cwd=tmp_path, env=env, launcher=launcher(2))
+    assert result.returncode != 0
+    train(resumed, "--resume", "auto", launch=launcher(2))
+    a, b = read_json(straight / "run_info.json"), read_json(resumed / "run_info.json")
+    assert a["world_size"] == b["world_size"] == 2 and b["resumed_from"].endswith("step-00000004")
+    assert b["final_metrics"] == pytest.approx(a["final_metrics"], abs=1e-6)
+
+
+def test_sigterm_stops_a_two_process_job_with_a_checkpoint_to_resume(tmp_path):
+    run = tmp_path / "run"
+    command = [*launcher(2), "-m", "trainer", *COMMON, f"--train.output_dir={run}", "--train.epochs=200",
+               "--checkpoint.save_every_steps=0"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").is_file() or len(steps_logged(run)) < 3:
+        assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    stopped_in = time.monotonic() - sent
+    assert proc.returncode != 0 and stopped_in < 60, f"{stopped_in:.0f}s"
+    assert "stopped by signal SIGTERM" in out, err[-2000:]
+    checkpoint = sorted((run / "checkpoints").iterdir())[-1]
+    step = int(checkpoint.name.split("-")[1])
+    assert f"stopped by signal SIGTERM at step {step};" in out  # saved at the step it stopped
+    result = train(run, "--resume", "auto", "--train.epochs=3", launch=launcher(2))
+    assert f"at step {step}" in result.stdout
+    assert read_json(run / "run_info.json")["world_size"] == 2
