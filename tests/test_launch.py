@@ -1,8 +1,10 @@
 """The accelerate configs and launch scripts users start from."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,37 +40,50 @@ def test_launch_scripts_are_valid_bash():
         assert line in sbatch
 
 
-@pytest.mark.slow
-def test_slurm_script_runs_two_nodes_with_stand_in_srun_and_scontrol(tmp_path):
-    """The batch script end to end, with srun/scontrol replaced by local stand-ins on loopback."""
+def slurm_stand_ins(tmp_path: Path) -> dict:
+    """srun/scontrol stand-ins on PATH, and the environment SLURM would give the batch script."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\nprintf 'localhost\\nlocalhost\\n'\n")
-    # srun: one copy of the command per node, each with its own SLURM_NODEID, as SLURM would. The
-    # head node starts first: here both "nodes" are this host, and only one may own the rendezvous port.
+    # scontrol: two "nodes" that are this host; a requeue is recorded in a file.
+    (bin_dir / "scontrol").write_text(
+        "#!/usr/bin/env bash\n"
+        'if [ "$1" = requeue ]; then echo "$2" >> "$REQUEUE_LOG"; exit 0; fi\n'
+        "printf 'localhost\\nlocalhost\\n'\n"
+    )
+    # srun: one copy of the command per node, each with its own SLURM_NODEID, as SLURM would, and
+    # SIGTERM passed on to them. The head node starts first: here both "nodes" are this host, and
+    # only one may own the rendezvous port.
     (bin_dir / "srun").write_text(
         "#!/usr/bin/env bash\nshift  # --kill-on-bad-exit=1\npids=()\n"
+        "trap 'kill -TERM \"${pids[@]}\"' TERM\n"
         'for ((n = 0; n < SLURM_NNODES; n++)); do SLURM_NODEID=$n "$@" & pids+=($!); sleep 3; done\n'
-        'status=0; for p in "${pids[@]}"; do wait "$p" || status=1; done; exit $status\n'
+        'status=0; for p in "${pids[@]}"; do wait "$p" || wait "$p" || status=1; done; exit $status\n'
     )
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
-    env = {
+    return {
         **os.environ,
         "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
         "VENV": sys.prefix,
         "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
         "SLURM_SUBMIT_DIR": str(REPO),
         "SLURM_JOB_NODELIST": "node[1-2]",
         "SLURM_NNODES": "2",
         "GPUS_PER_NODE": "1",
         "HEAD_PORT": str(29600 + os.getpid() % 300),
+        "REQUEUE_LOG": str(tmp_path / "requeued"),
     }
+
+
+@pytest.mark.slow
+def test_slurm_script_runs_two_nodes_with_stand_in_srun_and_scontrol(tmp_path):
+    """The batch script end to end, with srun/scontrol replaced by local stand-ins on loopback."""
     run = tmp_path / "run"
     args = ["--config", "tiny", "--train.mixed_precision=no", "--logging.tracker=none", f"--train.output_dir={run}"]
     result = subprocess.run(
         ["bash", str(REPO / "launch" / "slurm.sbatch"), *args],
-        env=env,
+        env=slurm_stand_ins(tmp_path),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -79,3 +94,28 @@ def test_slurm_script_runs_two_nodes_with_stand_in_srun_and_scontrol(tmp_path):
     assert info["world_size"] == 2 and info["distributed_type"] == "MULTI_CPU"
     assert info["weight_digests"][0] == info["weight_digests"][1]
     assert result.stdout.count("run folder ") == 1
+
+
+@pytest.mark.slow
+def test_slurm_time_limit_signal_checkpoints_requeues_and_the_next_job_resumes(tmp_path):
+    env = {**slurm_stand_ins(tmp_path), "SLURM_JOB_ID": "4242"}
+    run = tmp_path / "run"
+    args = ["--config", "tiny", "--train.mixed_precision=no", "--logging.tracker=none", f"--train.output_dir={run}"]
+    command = ["bash", str(REPO / "launch" / "slurm.sbatch"), *args]
+    job = subprocess.Popen([*command, "--train.epochs=300"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert time.monotonic() < deadline and job.poll() is None, "training did not start"
+        time.sleep(0.5)
+    job.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@120` does
+    out, err = job.communicate(timeout=120)
+    assert "stopped by signal SIGTERM" in out, err[-3000:]
+    assert (tmp_path / "requeued").read_text().split() == ["4242"]
+    assert list((run / "checkpoints").iterdir())
+    # The requeued job: the same command, which resumes.
+    result = subprocess.run([*command, "--train.epochs=2"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout
+    assert read_json(run / "run_info.json")["world_size"] == 2
