@@ -3,14 +3,16 @@
     # CPU or one GPU (built-in data, the `default` preset)
     accelerate launch -m trainer
     # IMDB from the Hugging Face Hub, 8 GPUs, bf16
-    accelerate launch --multi_gpu --num_processes 8 -m trainer --config imdb --train.mixed_precision=bf16
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml --num_processes 8 -m trainer --config imdb
     # local files
     accelerate launch -m trainer --data.train_files=train.csv.gz --data.validation_files=val.csv
     # several CPU processes (a real gloo process group)
-    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m trainer
-    # a cluster: see launch/ and the README
+    accelerate launch --config_file accelerate_configs/cpu_multi.yaml --num_processes 2 -m trainer
+    # 4 nodes x 8 GPUs under SLURM
+    sbatch --nodes=4 --gpus-per-node=8 launch/slurm.sbatch --config imdb --train.output_dir=/shared/runs/imdb
 
-Flags: --config NAME|PATH, --overwrite, --debug (tracebacks), --help (every config key).
+Flags: --config NAME|PATH, --resume auto|PATH|none, --overwrite, --debug (tracebacks),
+--help (every config key).
 """
 
 from __future__ import annotations
