@@ -154,3 +154,15 @@ def test_sigterm_stops_a_two_process_job_with_a_checkpoint_to_resume(tmp_path):
     result = train(run, "--resume", "auto", "--train.epochs=3", launch=launcher(2))
     assert f"at step {step}" in result.stdout
     assert read_json(run / "run_info.json")["world_size"] == 2
+
+
+def test_a_resumed_run_keeps_logging_to_the_same_wandb_run(tmp_path):
+    run = tmp_path / "run"
+    no_key = {"WANDB_API_KEY": "", "WANDB_MODE": "", "NETRC": str(tmp_path / "none")}
+    train(run, "--logging.tracker=wandb", env={**faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), **no_key},
+          expect=-signal.SIGKILL)  # fmt: skip
+    saved = json.loads((run / "checkpoints" / "step-00000008" / "train_state.json").read_text())
+    train(run, "--logging.tracker=wandb", "--resume", "auto", env=no_key)
+    runs = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and saved["tracker_run_id"]
+    assert all(r.name.endswith(f"-{saved['tracker_run_id']}") for r in runs), [r.name for r in runs]
