@@ -56,6 +56,31 @@ def write_csv(path: Path, rows: list[tuple], header=("text", "label")) -> Path:
     return path
 
 
+def evaluate_export(model_dir: Path, run_dir: Path) -> dict:
+    """Single-process validation metrics of an exported model on its run's own validation split."""
+    import torch
+
+    from trainer.checkpoint import load_exported
+    from trainer.config import load_config
+    from trainer.data import build_dataloaders, prepare_data
+    from trainer.metrics import classification_metrics
+    from trainer.model import class_probabilities, classification_loss
+
+    config = load_config(str(run_dir / "config.yaml"), [])
+    data = prepare_data(config.data, config.tokenizer)
+    model, tokenizer, _ = load_exported(model_dir)
+    assert tokenizer.to_str() == data.tokenizer.to_str()
+    _, loader = build_dataloaders(data, config.data, batch_size=16, eval_batch_size=64)
+    probs, labels, losses = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            logits = model(batch["input_ids"], batch["lengths"])
+            probs.append(class_probabilities(logits))
+            labels.append(batch["labels"])
+            losses.append(classification_loss(logits, batch["labels"], reduction="none"))
+    return classification_metrics(torch.cat(probs), torch.cat(labels), torch.cat(losses))
+
+
 def review_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:
     """Small labelled rows from the built-in generator."""
     from trainer.corpus import CorpusConfig, generate_corpus

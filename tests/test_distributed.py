@@ -15,14 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import REPO, read_json, read_jsonl, run_cli
-
-from trainer.checkpoint import load_exported
-from trainer.config import load_config
-from trainer.data import build_dataloaders, prepare_data
-from trainer.metrics import classification_metrics
-from trainer.model import class_probabilities, classification_loss
+from conftest import REPO, evaluate_export, read_json, read_jsonl, run_cli
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).parent
@@ -45,22 +38,6 @@ def launch(args: list[str], cwd: Path, num_processes: int = 2, env: dict | None 
     result = run_cli(["--config", "tiny", *args], cwd=cwd, env=env, launcher=launcher(num_processes), timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
-
-
-def evaluate_export(model_dir: Path, run_dir: Path) -> dict:
-    """Single-process metrics of an exported model on the run's own validation split."""
-    config = load_config(str(run_dir / "config.yaml"), [])
-    data = prepare_data(config.data, config.tokenizer)
-    model, _, _ = load_exported(model_dir)
-    _, loader = build_dataloaders(data, config.data, batch_size=16, eval_batch_size=64)
-    probs, labels, losses = [], [], []
-    with torch.no_grad():
-        for batch in loader:
-            logits = model(batch["input_ids"], batch["lengths"])
-            probs.append(class_probabilities(logits))
-            labels.append(batch["labels"])
-            losses.append(classification_loss(logits, batch["labels"], reduction="none"))
-    return classification_metrics(torch.cat(probs), torch.cat(labels), torch.cat(losses))
 
 
 def test_two_processes_form_one_group_and_end_with_identical_weights(tmp_path):

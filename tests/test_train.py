@@ -6,13 +6,8 @@ import pytest
 import torch
 import wandb_records
 import yaml
-from conftest import read_json, read_jsonl, review_rows, run_cli, write_csv
+from conftest import evaluate_export, read_json, read_jsonl, review_rows, run_cli, write_csv
 
-from trainer.checkpoint import load_exported
-from trainer.config import load_config
-from trainer.data import build_dataloaders, prepare_data
-from trainer.metrics import classification_metrics
-from trainer.model import class_probabilities, classification_loss
 from trainer.train import main
 
 pytestmark = pytest.mark.slow
@@ -95,20 +90,7 @@ def test_best_model_is_the_lowest_validation_loss_and_reloads(tiny_run):
     assert meta["step"] == best["step"]
 
     # The exported model, reloaded on its own, reproduces its validation metrics.
-    config = load_config(str(run / "config.yaml"), [])
-    data = prepare_data(config.data, config.tokenizer)
-    assert data.stats["train_tokens_cache_hit"]
-    model, tokenizer, _ = load_exported(run / "best")
-    assert tokenizer.to_str() == data.tokenizer.to_str()
-    _, loader = build_dataloaders(data, config.data, batch_size=32, eval_batch_size=64)
-    probs, labels, losses = [], [], []
-    with torch.no_grad():
-        for batch in loader:
-            logits = model(batch["input_ids"], batch["lengths"])
-            probs.append(class_probabilities(logits))
-            labels.append(batch["labels"])
-            losses.append(classification_loss(logits, batch["labels"], reduction="none"))
-    metrics = classification_metrics(torch.cat(probs), torch.cat(labels), torch.cat(losses))
+    metrics = evaluate_export(run / "best", run)
     assert metrics["accuracy"] == pytest.approx(best["eval/accuracy"], abs=1e-9)
     assert metrics["loss"] == pytest.approx(best["eval/loss"], abs=1e-5)
 
