@@ -166,3 +166,19 @@ def test_a_resumed_run_keeps_logging_to_the_same_wandb_run(tmp_path):
     runs = sorted((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and saved["tracker_run_id"]
     assert all(r.name.endswith(f"-{saved['tracker_run_id']}") for r in runs), [r.name for r in runs]
+
+
+def test_auto_resume_never_redoes_a_finished_run(tmp_path):
+    run = tmp_path / "run"
+    train(run, "--train.max_steps=5", "--checkpoint.save_every_steps=2")
+    before = (run / "final" / "model.safetensors").read_bytes()
+    result = train(run, "--train.max_steps=5", "--resume", "auto", expect=2)
+    assert "has already finished: nothing to resume" in result.stderr
+    assert (run / "final" / "model.safetensors").read_bytes() == before
+
+
+def test_resuming_with_another_setup_is_refused(tmp_path):
+    run = tmp_path / "run"
+    train(run, env=faults(FAULT_AT_STEP=6, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    result = train(run, "--resume", "auto", "--train.batch_size=16", expect=2)
+    assert "was made with another setup (batch_size 32 -> 16)" in result.stderr

@@ -44,6 +44,8 @@ def slurm_stand_ins(tmp_path: Path) -> dict:
     """srun/scontrol stand-ins on PATH, and the environment SLURM would give the batch script."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    # scancel --signal=TERM: the job steps get SIGTERM (here: the srun stand-in, which passes it on).
+    (bin_dir / "scancel").write_text('#!/usr/bin/env bash\nkill -TERM "$(cat "$SRUN_PID_FILE")"\n')
     # scontrol: two "nodes" that are this host; a requeue is recorded in a file.
     (bin_dir / "scontrol").write_text(
         "#!/usr/bin/env bash\n"
@@ -54,12 +56,12 @@ def slurm_stand_ins(tmp_path: Path) -> dict:
     # SIGTERM passed on to them. The head node starts first: here both "nodes" are this host, and
     # only one may own the rendezvous port.
     (bin_dir / "srun").write_text(
-        "#!/usr/bin/env bash\nshift  # --kill-on-bad-exit=1\npids=()\n"
+        '#!/usr/bin/env bash\nshift  # --kill-on-bad-exit=1\necho $$ > "$SRUN_PID_FILE"\npids=()\n'
         "trap 'kill -TERM \"${pids[@]}\"' TERM\n"
         'for ((n = 0; n < SLURM_NNODES; n++)); do SLURM_NODEID=$n "$@" & pids+=($!); sleep 3; done\n'
         'status=0; for p in "${pids[@]}"; do wait "$p" || wait "$p" || status=1; done; exit $status\n'
     )
-    for tool in ("srun", "scontrol"):
+    for tool in ("srun", "scontrol", "scancel"):
         (bin_dir / tool).chmod(0o755)
     return {
         **os.environ,
@@ -73,6 +75,7 @@ def slurm_stand_ins(tmp_path: Path) -> dict:
         "GPUS_PER_NODE": "1",
         "HEAD_PORT": str(29600 + os.getpid() % 300),
         "REQUEUE_LOG": str(tmp_path / "requeued"),
+        "SRUN_PID_FILE": str(tmp_path / "srun.pid"),
     }
 
 

@@ -78,6 +78,8 @@ class TrainState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     tracker_run_id: str | None = None  # the W&B run to keep logging to
+    # What the data position means: a resume with other values would skip the wrong examples.
+    setup: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,19 +118,32 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, keep_last: in
         manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
         # The manifest goes last: a folder without one was not finished.
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if final.exists():  # the same step saved again (e.g. an epoch end right after a step save)
-            shutil.rmtree(final)
+        old = root / f".old-{final.name}"
+        if final.exists():  # the same step saved again (an epoch end right after a step save)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)  # out of the way, not deleted, until the new one is in place
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
         prune_checkpoints(root, keep_last, state.best_step)
     accelerator.wait_for_everyone()
     return final
 
 
 def list_checkpoints(root: Path) -> list[Path]:
-    """Checkpoint folders, oldest first."""
+    """Checkpoint folders, oldest first by when they were completed (the manifest is written last).
+
+    Completion time, not step number: after resuming from an older checkpoint, the new saves are
+    the current ones, even where folders of higher steps remain from the abandoned continuation.
+    """
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)), key=lambda p: p.name)
+    folders = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+
+    def completed(path: Path) -> tuple[float, str]:
+        manifest = path / MANIFEST_NAME
+        return (manifest.stat().st_mtime if manifest.is_file() else path.stat().st_mtime, path.name)
+
+    return sorted(folders, key=completed)
 
 
 def prune_checkpoints(root: Path, keep_last: int, best_step: int | None) -> None:
@@ -149,6 +164,15 @@ def check_checkpoint(path: Path) -> str | None:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "unreadable manifest"
+    well_formed = isinstance(manifest, dict) and all(
+        isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
+        for v in manifest.values()
+    )
+    if not well_formed:
+        return "malformed manifest"
+    required = {STATE_NAME, "model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"}
+    if not required <= set(manifest):
+        return f"incomplete (manifest lacks {', '.join(sorted(required - set(manifest)))})"
     for name, expected in manifest.items():
         file = path / name
         if not file.is_file():
@@ -196,10 +220,23 @@ def find_resume_checkpoint(run_dir: Path, resume: str, report) -> Path | None:
 
 
 def load_checkpoint(accelerator, path: Path, state: TrainState) -> None:
-    """Restore everything ``save_checkpoint`` saved; call on every process."""
+    """Restore everything ``save_checkpoint`` saved; call on every process.
+
+    ``state.setup`` must hold the current run's setup: a checkpoint made with another one is refused.
+    """
+    saved = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
+    changed = {k: (v, state.setup.get(k)) for k, v in saved.get("setup", {}).items() if state.setup.get(k) != v}
+    if changed:
+        what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+        raise UserError(
+            f"checkpoint {path} was made with another setup ({what}); resume with the same one",
+            on_every_rank=True,
+        )
+    if not (path / f"random_states_{accelerator.process_index}.pkl").is_file():
+        raise UserError(f"checkpoint {path} has no RNG state for process {accelerator.process_index}")
     refuse_unsafe_pickles(path)
     accelerator.load_state(str(path))
-    state.load_state_dict(json.loads((path / STATE_NAME).read_text(encoding="utf-8")))
+    state.load_state_dict(saved)
 
 
 def export_model(

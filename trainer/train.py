@@ -119,6 +119,25 @@ def resolve_run_dir(config: Config, preset: str, state: PartialState) -> Path:
     return run_dir
 
 
+def choose_checkpoint(config: Config, run_dir: Path, report) -> tuple[str | None, str | None]:
+    """(checkpoint to resume from, or None; a problem that stops the run, or None). Main process."""
+    mode, overwrite = config.checkpoint.resume, config.train.overwrite
+    info_path = run_dir / "run_info.json"
+    if mode == "auto" and not overwrite and info_path.is_file() and "final_step" in json.loads(info_path.read_text()):
+        return None, (
+            f"run {run_dir} has already finished: nothing to resume. Choose another --train.output_dir, "
+            "or pass --overwrite to start over in it"
+        )
+    path = find_resume_checkpoint(run_dir, mode, report)
+    has_outputs = any((run_dir / name).exists() for name in ("best", "final", CHECKPOINTS_DIR))
+    if path is None and mode == "auto" and has_outputs and not overwrite:
+        return None, (
+            f"run folder {run_dir} holds results but no intact checkpoint to resume from; pass --overwrite "
+            "to start over in it, or choose another --train.output_dir"
+        )
+    return (str(path) if path else None), None
+
+
 def run_info(config: Config, accelerator: Accelerator, data_stats: dict) -> dict:
     import accelerate
     import datasets
@@ -243,14 +262,20 @@ def setup(config: Config, preset: str) -> Run:
         model, optimizer, train_loader, eval_loader, scheduler
     )
 
-    state = TrainState()
+    state = TrainState(setup={
+        "world_size": accelerator.num_processes, "batch_size": train_cfg.batch_size,
+        "gradient_accumulation_steps": train_cfg.gradient_accumulation_steps, "seed": train_cfg.seed,
+        "train_examples": len(data.train),
+    })  # fmt: skip
     resume_from = None
     if config.checkpoint.resume != "none":
-        found = None
+        found, problem = None, None
         if accelerator.is_main_process:
-            path = find_resume_checkpoint(run_dir, config.checkpoint.resume, lambda line: say(accelerator, line))
-            found = str(path) if path else None
-        resume_from = broadcast_object_list([found])[0]
+            found, problem = choose_checkpoint(config, run_dir, lambda line: say(accelerator, line))
+        found, problem = broadcast_object_list([found, problem])
+        if problem:
+            raise UserError(problem, on_every_rank=True)
+        resume_from = found
         if resume_from:
             load_checkpoint(accelerator, Path(resume_from), state)
             say(accelerator, f"resumed from {resume_from} at step {state.step} (epoch {state.epoch})")
@@ -383,6 +408,8 @@ def fit(run: Run) -> int:
             if config.train.eval_every_steps and state.step % config.train.eval_every_steps == 0:
                 validate()
             signum = preemption.requested(accelerator)
+            if signum and (stop is not None or state.step >= run.total_steps):
+                signum = 0  # finishing anyway: the end of training (or early stopping) wins
             if signum:
                 stop, stop_signum = f"signal {signal.Signals(signum).name}", signum
             every = config.checkpoint.save_every_steps
