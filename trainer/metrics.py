@@ -92,14 +92,18 @@ class Throughput:
 
 
 class MetricsLog:
-    """Appends one JSON object per record to ``metrics.jsonl`` and forwards it to the trackers."""
+    """Appends one JSON object per record to ``metrics.jsonl`` and forwards it to the trackers.
+
+    Each record carries ``elapsed_s``, seconds since this process started logging.
+    """
 
     def __init__(self, path: Path | None, log_to_trackers) -> None:
         self.path = path
         self.log_to_trackers = log_to_trackers
+        self.started = time.perf_counter()
 
     def write(self, record: dict, step: int) -> None:
-        record = {"step": step, **record}
+        record = {"step": step, **record, "elapsed_s": round(time.perf_counter() - self.started, 3)}
         if self.path is not None:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
