@@ -22,6 +22,7 @@ It prints one JSON object per validation and a summary object last.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 
@@ -115,10 +116,36 @@ def train_seed(config, data, log=print) -> dict:
     clip, valid_loss_min = 5, float("inf")
     started, train_seconds, real_tokens, computed_tokens, examples, steps = time.perf_counter(), 0.0, 0, 0, 0, 0
     summary = {}
+
+    def validate(epoch: float) -> float:
+        """The article's validation pass; logs a record, returns the accuracy."""
+        nonlocal valid_loss_min
+        model.eval()
+        val_h = model.init_hidden(batch_size)
+        losses, correct, seen = [], 0, 0
+        with torch.no_grad():
+            for inputs, labels, _ in valid_loader:
+                val_h = tuple(each.data for each in val_h)
+                output, val_h = model(inputs, val_h)
+                losses.append(criterion(output.squeeze(), labels.float()).item())
+                correct += int(((output.squeeze() > 0.5).long() == labels).sum())
+                seen += len(labels)
+        model.train()
+        val_loss = sum(losses) / len(losses)
+        valid_loss_min = min(valid_loss_min, val_loss)  # the article saves the weights here
+        record = {"epoch": round(epoch, 3), "step": steps, "elapsed_s": round(time.perf_counter() - started, 2)}
+        record |= {"eval/loss": val_loss, "eval/accuracy": correct / seen, "eval/n": seen}
+        log(json.dumps(record))
+        return correct / seen
+
+    # Validation as in the article once per epoch, or every N steps (--train.eval_every_steps) so
+    # that time-to-accuracy is measured on the same schedule as the trainer's.
+    every = config.train.eval_every_steps
+    accuracy = 0.0
     for epoch in range(config.train.epochs):
         model.train()
         h = model.init_hidden(batch_size)
-        epoch_start = time.perf_counter()
+        tick = time.perf_counter()
         for inputs, labels, lengths in train_loader:
             h = tuple(each.data for each in h)  # carried across batches, as in the article
             model.zero_grad()
@@ -131,25 +158,16 @@ def train_seed(config, data, log=print) -> dict:
             computed_tokens += inputs.numel()
             examples += len(labels)
             steps += 1
-        train_seconds += time.perf_counter() - epoch_start
-        model.eval()
-        val_h = model.init_hidden(batch_size)
-        losses, correct, seen = [], 0, 0
-        with torch.no_grad():
-            for inputs, labels, _ in valid_loader:
-                val_h = tuple(each.data for each in val_h)
-                output, val_h = model(inputs, val_h)
-                losses.append(criterion(output.squeeze(), labels.float()).item())
-                correct += int(((output.squeeze() > 0.5).long() == labels).sum())
-                seen += len(labels)
-        val_loss = sum(losses) / len(losses)
-        valid_loss_min = min(valid_loss_min, val_loss)  # the article saves the weights here
-        record = {"epoch": epoch + 1, "step": steps, "elapsed_s": round(time.perf_counter() - started, 2)}
-        record |= {"eval/loss": val_loss, "eval/accuracy": correct / seen, "eval/n": seen}
-        log(json.dumps(record))
+            if every and steps % every == 0:
+                train_seconds += time.perf_counter() - tick
+                accuracy = validate(steps / len(train_loader))
+                tick = time.perf_counter()
+        train_seconds += time.perf_counter() - tick
+        if not every or steps % every:
+            accuracy = validate(epoch + 1)
         summary = {
             "best_val_loss": valid_loss_min,
-            "final_val_accuracy": correct / seen,
+            "final_val_accuracy": accuracy,
             "steps": steps,
             "train_seconds": round(train_seconds, 2),
             "tokens_per_s": real_tokens / train_seconds,
@@ -164,7 +182,8 @@ def main(argv: list[str]) -> dict:
     config = load_config(preset, overrides)
     data = prepare_data(config.data, config.tokenizer)
     summary = train_seed(config, data)
-    return {"preset": preset, "threads": torch.get_num_threads(), **summary}
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"preset": preset, "threads": torch.get_num_threads(), **summary, "peak_rss_mb": round(peak_mb)}
 
 
 if __name__ == "__main__":
