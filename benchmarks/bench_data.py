@@ -109,6 +109,10 @@ def trainer_start(data_path: str, cache: str, env: dict) -> float:
     return ready
 
 
+def rounded(values: dict) -> dict:
+    return {k: round(v, 2) for k, v in values.items()}
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(IMDB), help="IMDB train CSV (text,label)")
@@ -133,10 +137,8 @@ def main() -> dict:
             "tokenize_s": round(baseline["tokenize_s"], 2),
             "tokenize_mb_per_s": round(megabytes / baseline["tokenize_s"], 1),
         },
-        "ours_1_thread": {k: round(v, 2) for k, v in one.items()}
-        | {"tokenize_mb_per_s": round(megabytes / one["tokenize_s"], 1)},
-        "ours_all_cores": {k: round(v, 2) for k, v in all_.items()}
-        | {"tokenize_mb_per_s": round(megabytes / all_["tokenize_s"], 1)},
+        "ours_1_thread": rounded(one) | {"tokenize_mb_per_s": round(megabytes / one["tokenize_s"], 1)},
+        "ours_all_cores": rounded(all_) | {"tokenize_mb_per_s": round(megabytes / all_["tokenize_s"], 1)},
         "trainer_start_cached_s": round(results["trainer_start_cached_s"], 1),
         "tokenize_speedup": round(baseline["tokenize_s"] / all_["tokenize_s"], 2),
     }
