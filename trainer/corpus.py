@@ -24,7 +24,6 @@ from trainer.errors import check_range
 
 # Bump when the generator changes: it is part of the cache keys of generated data.
 CORPUS_VERSION = 1
-LABEL_NAMES = ["negative", "positive"]
 
 FILM = ["the film", "the movie", "this film", "this movie", "the picture", "this picture", "the whole thing"]
 ASPECTS = [

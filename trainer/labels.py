@@ -14,7 +14,6 @@ SYNONYMS = {
     "neutral": "neutral", "neu": "neutral",
     "positive": "positive", "pos": "positive", "good": "positive", "true": "positive",
 }  # fmt: skip
-BINARY_NAMES = ["negative", "positive"]
 
 
 def _as_number(value: object) -> int | None:
