@@ -30,10 +30,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainer.config import load_config
-from trainer.data import prepare_data
-from trainer.train import parse_cli
-
 
 class SeedSentimentRNN(nn.Module):
     """The article's model, as written there."""
@@ -178,6 +174,11 @@ def train_seed(config, data, log=print) -> dict:
 
 
 def main(argv: list[str]) -> dict:
+    # Imported here: the model above is also used where datasets is not installed (bench_gpu.py).
+    from trainer.config import load_config
+    from trainer.data import prepare_data
+    from trainer.train import parse_cli
+
     preset, overrides, _, _ = parse_cli(argv)
     config = load_config(preset, overrides)
     data = prepare_data(config.data, config.tokenizer)

@@ -244,3 +244,12 @@ def test_roc_auc_as_best_metric_needs_two_classes(tmp_path, capsys):
     path = write_csv(tmp_path / "t.csv", rows)
     err = bad_run(tmp_path, capsys, f"--data.train_files={path}", "--checkpoint.best_metric=roc_auc")
     assert "needs two classes; the data has 3" in err
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_on_a_cpu_that_runs_it_natively(tmp_path, monkeypatch, native):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    run = tmp_path / "run"
+    args = ["--config", "tiny", f"--train.output_dir={run}", "--train.mixed_precision=auto", "--train.max_steps=2"]
+    assert main([*args, "--train.cpu=true", "--logging.tracker=none"]) == 0
+    assert read_json(run / "run_info.json")["mixed_precision"] == ("bf16" if native else "no")

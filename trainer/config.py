@@ -26,7 +26,7 @@ from trainer.tokenizer import TokenizerConfig
 from trainer.tracking import LoggingConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-PRECISIONS = ("no", "fp16", "bf16")
+PRECISIONS = ("no", "fp16", "bf16", "auto")
 
 
 @dataclass
@@ -39,7 +39,11 @@ class TrainConfig:
     eval_batch_size: int | None = field(default=None, metadata={"help": "validation batch size (default 2x)"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
     mixed_precision: str | None = field(
-        default=None, metadata={"help": "no, fp16 or bf16 (default: the accelerate config's, else no)"}
+        default=None,
+        metadata={
+            "help": "no, fp16, bf16, or auto: bf16 where the hardware runs it natively (a GPU with bf16, a CPU "
+            "with AVX512-BF16/AMX), fp16 on older GPUs, else no (default: the accelerate config's, else no)"
+        },
     )
     seed: int = field(default=42, metadata={"help": "seed of weights, dropout and batch order"})
     eval_every_steps: int = field(default=0, metadata={"help": "also validate every N optimizer steps (0 = off)"})

@@ -314,9 +314,13 @@ def tokenize_split(
 ) -> tuple[datasets.Dataset, bool]:
     """Batched ``datasets.map`` tokenisation cached in ``cache_file``; returns (dataset, cache hit)."""
     hit = cache_file.is_file()
+    # A copy that truncates in Rust (the caller's tokenizer, saved with the model, stays as it is);
+    # encode_batch_fast skips the character offsets, which are not used here.
+    truncating = Tokenizer.from_str(tokenizer.to_str())
+    truncating.enable_truncation(max_length)
 
     def encode(batch: dict) -> dict:
-        ids = [encoding.ids[:max_length] for encoding in tokenizer.encode_batch(batch["text"])]
+        ids = [encoding.ids for encoding in truncating.encode_batch_fast(batch["text"])]
         return {"input_ids": ids, "length": [len(x) for x in ids]}
 
     cache_file.parent.mkdir(parents=True, exist_ok=True)

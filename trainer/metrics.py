@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,7 +72,10 @@ def is_better(value: float, best: float | None, metric: str) -> bool:
 
 
 class Throughput:
-    """Real (non-padding) tokens and examples per second since the last ``read``."""
+    """Real (non-padding) tokens and examples per second of training since the last ``read``.
+
+    Time spent inside ``paused()`` (validation, checkpoints) does not count.
+    """
 
     def __init__(self) -> None:
         self.reset()
@@ -83,6 +88,14 @@ class Throughput:
     def update(self, tokens: int, examples: int) -> None:
         self.tokens += tokens
         self.examples += examples
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - started
 
     def read(self) -> dict:
         elapsed = max(time.perf_counter() - self.start, 1e-9)

@@ -1,0 +1,37 @@
+"""The benchmark scripts that CI cannot run for real still run: the GPU check on the CPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_gpu_check_runs_its_code_on_the_cpu_and_writes_its_result(tmp_path):
+    out = tmp_path / "result.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--quick",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    check = result["correctness"]
+    assert check["passed"] and check["float32_max_abs_diff"] == 0.0
+    assert check["padding_invariance_max_abs_diff"] < 1e-5
+    runs = result["tiny"]
+    for name in ("ours_fp32", "ours_bf16", "seed_fp32", "packed_fp32"):
+        assert runs[name]["tokens_per_s"] > 0 and runs[name]["tflops"] > 0
+    # 2 layers, bidirectional, E = H = 16: 3 x 2 x 8 x 16 x ((16 + 16) + (32 + 16)) FLOPs per token
+    assert runs["training_flops_per_token"] == 3 * 2 * 8 * 16 * (32 + 48)
+    assert result["trainer_run"]["steps"] == 20 and result["trainer_run"]["device"] == "cpu"
+
+
+def test_gpu_script_refuses_a_machine_without_a_gpu(tmp_path):
+    fake = tmp_path / "nvidia-smi"  # what nvidia-smi does where there is no GPU
+    fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    done = subprocess.run([str(REPO / "benchmarks" / "gpu.sh"), str(tmp_path / "r.json")], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and "no NVIDIA GPU" in done.stderr
+    assert not (tmp_path / "r.json").exists()
