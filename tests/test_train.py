@@ -46,10 +46,11 @@ def tiny_run(tmp_path_factory):
 
 def test_run_folder_layout(tiny_run):
     run, result, _ = tiny_run
-    for name in ("config.yaml", "run_info.json", "metrics.jsonl", "tokenizer.json"):
+    for name in ("config.yaml", "run_info.json", "metrics.jsonl", "tokenizer.json", "plots/loss.png"):
         assert (run / name).is_file(), name
     for export in ("best", "final"):
         assert sorted(p.name for p in (run / export).iterdir()) == [
+            "README.md",
             "config.json",
             "model.safetensors",
             "tokenizer.json",

@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,8 +247,12 @@ def export_model(
     label_names: list[str],
     max_length: int,
     extra: dict | None = None,
+    card: Callable[[dict], str] | None = None,
 ) -> None:
-    """Write a self-contained model folder, atomically: a reader never sees a half-written one."""
+    """Write a self-contained model folder, atomically: a reader never sees a half-written one.
+
+    ``card(meta)`` returns the folder's README.md (the model card) from its config.json contents.
+    """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -262,10 +267,13 @@ def export_model(
         "pad_id": model.pad_id,
         "max_length": max_length,
         "id2label": {str(i): name for i, name in enumerate(label_names)},
+        "tokenizer_sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
         **(extra or {}),
     }
     (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     save_tokenizer(tokenizer, tmp / TOKENIZER_NAME)
+    if card is not None:
+        (tmp / "README.md").write_text(card(meta), encoding="utf-8")
     old = out_dir.with_name(f".{out_dir.name}.old")
     if out_dir.exists():
         os.replace(out_dir, old)
@@ -276,14 +284,36 @@ def export_model(
 def load_exported(model_dir: str | Path) -> tuple[SentimentRNN, Tokenizer, dict]:
     """(model in eval mode, tokenizer, config.json contents) from an exported folder."""
     model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UserError(f"model folder {model_dir} does not exist; give an exported folder such as runs/<run>/best")
     missing = [n for n in (WEIGHTS_NAME, CONFIG_NAME, TOKENIZER_NAME) if not (model_dir / n).is_file()]
     if missing:
         raise UserError(f"{model_dir} is not a complete model folder: missing {', '.join(missing)}")
-    meta = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
-    model = SentimentRNN(ModelConfig(**meta["model"]), meta["vocab_size"], meta["num_labels"], meta["pad_id"])
-    model.load_state_dict(load_file(str(model_dir / WEIGHTS_NAME)))
+    try:
+        meta = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+        model = SentimentRNN(ModelConfig(**meta["model"]), meta["vocab_size"], meta["num_labels"], meta["pad_id"])
+        missing = [key for key in ("max_length", "id2label") if key not in meta]
+        if missing:
+            raise KeyError(", ".join(missing))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{model_dir / CONFIG_NAME} is not a valid model config ({type(exc).__name__}: {exc})") from exc
+    try:
+        model.load_state_dict(load_file(str(model_dir / WEIGHTS_NAME)))
+    except Exception as exc:  # safetensors header errors, missing keys, shape mismatches
+        first = str(exc).strip().splitlines()[0][:200]
+        raise UserError(
+            f"{model_dir / WEIGHTS_NAME} does not match {CONFIG_NAME} ({first}); re-export the model"
+        ) from exc
     model.eval()
-    return model, load_tokenizer(model_dir / TOKENIZER_NAME), meta
+    tokenizer = load_tokenizer(model_dir / TOKENIZER_NAME)
+    expected = meta.get("tokenizer_sha256")
+    actual = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
+    if tokenizer.get_vocab_size() != meta["vocab_size"] or (expected and expected != actual):
+        raise UserError(
+            f"{model_dir / TOKENIZER_NAME} is not the tokenizer these weights were trained with "
+            f"({tokenizer.get_vocab_size()} tokens, the model has {meta['vocab_size']}); restore the exported one"
+        )
+    return model, tokenizer, meta
 
 
 def state_digest(model: torch.nn.Module) -> str:

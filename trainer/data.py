@@ -201,12 +201,34 @@ def load_raw_splits(config: DataConfig) -> dict[str, datasets.Dataset | None]:
     return {"train": splits[config.train_split], "validation": splits[split] if split else None}
 
 
+def load_labelled(source: str, split: str = "test", text_column: str = "text", label_column: str = "label",
+                  config_name: str | None = None) -> tuple[datasets.Dataset, int]:  # fmt: skip
+    """A labelled split from a local file (``source`` is a path) or the Hub (``split`` of ``source``).
+
+    Returns (dataset with ``text`` and raw ``label`` columns, rows dropped for an empty text or label).
+    """
+    config = DataConfig(name=source, config_name=config_name, text_column=text_column, label_column=label_column)
+    if os.path.exists(source) or any(source.lower().endswith(f".{ext}") for ext in FORMATS):
+        _file_identity([source])  # a clear error for a missing file or a folder
+        ds, where = _load_files([source]), source
+    else:
+        splits = _load_hub(config)
+        if split not in splits:
+            raise UserError(f"{source} has no split {split!r}; it has: {', '.join(splits)} (choose one with --split)")
+        ds, where = splits[split], f"{source} {split}"
+    return _drop_empty(_select_columns(ds, config, where))
+
+
 def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> datasets.Dataset:
     for key in ("text_column", "label_column"):
         column = getattr(config, key)
         if column not in ds.column_names:
             found = ", ".join(ds.column_names) or "none"
-            raise UserError(f"the {split} split has no column {column!r}; columns found: {found} (set --data.{key})")
+            if split in ("train", "validation"):  # training data
+                where, option = f"the {split} split", f"--data.{key}"
+            else:  # a file or split given to evaluate
+                where, option = split, f"--{key.replace('_', '-')}"
+            raise UserError(f"{where} has no column {column!r}; columns found: {found} (set {option})")
     ds = ds.select_columns([config.text_column, config.label_column])
     label_feature = ds.features[config.label_column]
     if isinstance(label_feature, datasets.ClassLabel):  # hub datasets: ids -> their names
@@ -240,13 +262,14 @@ def _drop_empty(ds: datasets.Dataset) -> tuple[datasets.Dataset, int]:
     return kept, len(ds) - len(kept)
 
 
-def _encode_labels(ds: datasets.Dataset, label_map: LabelMap, split: str) -> datasets.Dataset:
-    encoded = ds.map(
+def encode_labels(ds: datasets.Dataset, label_map: LabelMap, split: str, **map_kwargs) -> datasets.Dataset:
+    """Raw label values -> the label map's ids (an unknown label is an error naming ``split``)."""
+    return ds.map(
         lambda b: {"label": [label_map.encode(v, split) for v in b["label"]]},
         batched=True,
         features=datasets.Features({"text": ds.features["text"], "label": datasets.Value("int64")}),
+        **map_kwargs,
     )
-    return encoded
 
 
 def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) -> tuple[dict, LabelMap, dict]:
@@ -267,7 +290,7 @@ def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) ->
         raise UserError(
             f"the training split has a single class ({label_map.names[0]!r}); a classifier needs at least two"
         )
-    splits = {split: _encode_labels(ds, label_map, split) for split, ds in splits.items()}
+    splits = {split: encode_labels(ds, label_map, split) for split, ds in splits.items()}
 
     if "validation" not in splits:
         if len(splits["train"]) < 10:
@@ -314,26 +337,24 @@ def tokenize_split(
 ) -> tuple[datasets.Dataset, bool]:
     """Batched ``datasets.map`` tokenisation cached in ``cache_file``; returns (dataset, cache hit)."""
     hit = cache_file.is_file()
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    return tokenize(ds, tokenizer, max_length, cache_file_name=str(cache_file), load_from_cache_file=True), hit
+
+
+def tokenize(ds: datasets.Dataset, tokenizer: Tokenizer, max_length: int, **map_kwargs) -> datasets.Dataset:
+    """``text`` -> ``input_ids`` (at most max_length), ``length`` and ``truncated``, by batched map."""
     # A copy that truncates in Rust (the caller's tokenizer, saved with the model, stays as it is);
     # encode_batch_fast skips the character offsets, which are not used here.
     truncating = Tokenizer.from_str(tokenizer.to_str())
     truncating.enable_truncation(max_length)
 
     def encode(batch: dict) -> dict:
-        ids = [encoding.ids for encoding in truncating.encode_batch_fast(batch["text"])]
-        return {"input_ids": ids, "length": [len(x) for x in ids]}
+        encodings = truncating.encode_batch_fast(batch["text"])
+        ids = [encoding.ids for encoding in encodings]
+        truncated = [bool(encoding.overflowing) for encoding in encodings]
+        return {"input_ids": ids, "length": [len(x) for x in ids], "truncated": truncated}
 
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tokenized = ds.map(
-        encode,
-        batched=True,
-        batch_size=1000,
-        remove_columns=["text"],
-        cache_file_name=str(cache_file),
-        load_from_cache_file=True,
-        desc="Tokenising",
-    )
-    return tokenized, hit
+    return ds.map(encode, batched=True, batch_size=1000, remove_columns=["text"], desc="Tokenising", **map_kwargs)
 
 
 @dataclass

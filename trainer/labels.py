@@ -80,10 +80,11 @@ class LabelMap:
         name = canonical_label(value, self.numeric_names)
         if name not in self._ids:
             known = ", ".join(self.names)
-            raise UserError(
-                f"unknown label {value!r} in the {split} split; the training split has: {known} "
-                "(fix the labels or the --data.label_column)"
-            )
+            if split in ("train", "validation"):  # training data
+                where, has, option = f"the {split} split", "the training split has", "--data.label_column"
+            else:  # data given to a trained model: a file, or a Hub split
+                where, has, option = split, "the model knows", "--label-column"
+            raise UserError(f"unknown label {value!r} in {where}; {has}: {known} (fix the labels or the {option})")
         return self._ids[name]
 
     def to_json(self) -> dict[str, str]:

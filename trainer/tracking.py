@@ -20,6 +20,7 @@ class LoggingConfig:
     run_name: str | None = field(default=None, metadata={"help": "tracker run name (default: run folder name)"})
     entity: str | None = field(default=None, metadata={"help": "W&B entity (team or user)"})
     tags: list[str] = field(default_factory=list, metadata={"help": "W&B tags"})
+    plots: bool = field(default=True, metadata={"help": "draw PNG curves into <run>/plots at the end of training"})
 
     def __post_init__(self) -> None:
         check_choice("logging.tracker", self.tracker, TRACKERS)

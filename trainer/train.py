@@ -35,6 +35,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from trainer.card import model_card
 from trainer.checkpoint import (
     CHECKPOINTS_DIR,
     TrainState,
@@ -50,6 +51,7 @@ from trainer.errors import EXIT_USAGE, UserError
 from trainer.metrics import METRICS_FOR, MetricsLog, Throughput, classification_metrics, is_better
 from trainer.model import SentimentRNN, class_probabilities, classification_loss
 from trainer.optim import build_optimizer, build_scheduler
+from trainer.plot import plot_run
 from trainer.preemption import Preemption
 from trainer.tokenizer import pad_id, save_tokenizer
 from trainer.tracking import tracker_resume_kwargs, tracker_setup
@@ -200,8 +202,13 @@ def git_commit() -> str | None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator) -> dict:
-    """Metrics over the whole validation set, from per-example predictions of every process."""
+def gather_predictions(model: torch.nn.Module, loader, accelerator: Accelerator) -> tuple[torch.Tensor, ...]:
+    """(probabilities (N, C), labels (N,), losses (N,)) over the whole set, from every process.
+
+    ``gather_for_metrics`` drops the examples accelerate repeats to even out the last batches, so
+    the result is the same on any number of processes.
+    """
+    training = model.training
     model.eval()
     probabilities, labels, losses = [], [], []
     for batch in loader:
@@ -210,8 +217,13 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator) -> dict:
         gathered = accelerator.gather_for_metrics((class_probabilities(logits), batch["labels"], loss))
         for store, tensor in zip((probabilities, labels, losses), gathered, strict=True):
             store.append(tensor.cpu())
-    model.train()
-    return classification_metrics(torch.cat(probabilities), torch.cat(labels), torch.cat(losses))
+    model.train(training)
+    return torch.cat(probabilities), torch.cat(labels), torch.cat(losses)
+
+
+def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator) -> dict:
+    """Metrics over the whole validation set."""
+    return classification_metrics(*gather_predictions(model, loader, accelerator))
 
 
 @dataclass
@@ -466,6 +478,8 @@ def fit(run: Run) -> int:
         run.info |= {"best_metrics": state.best_metrics, "best_step": state.best_step, "weight_digests": digests}
         run.info |= {"stopped_early": stop == "early stopping", "train_seconds": round(time.time() - run.started, 1)}
         write_json(run.run_dir / "run_info.json", run.info)
+        if config.logging.plots:
+            draw_plots(run.run_dir)
     best = state.best_metrics
     say(
         accelerator,
@@ -478,10 +492,28 @@ def fit(run: Run) -> int:
 
 
 def export(run: Run, name: str, extra: dict) -> None:
+    """best/ or final/: weights, config.json, tokenizer and a model card."""
     model = run.accelerator.unwrap_model(run.model)
+    metric = run.config.checkpoint.best_metric
+    selected = f"the best validation {metric} of the run" if name == "best" else "the last step of the run"
+    extra = {**extra, "selected_by": selected, "num_parameters": run.info["num_parameters"]}
+    yaml_text, config = to_yaml(run.config), asdict(run.config)
+
+    def card(meta: dict) -> str:
+        return model_card(meta, yaml_text, config, run.data.stats)
+
     export_model(
-        run.run_dir / name, model, run.data.tokenizer, run.data.label_map.names, run.config.data.max_length, extra
+        run.run_dir / name, model, run.data.tokenizer, run.data.label_map.names, run.config.data.max_length, extra, card
     )
+
+
+def draw_plots(run_dir: Path) -> None:
+    """The run's curves into run_dir/plots; a drawing problem must not fail a finished run."""
+    try:
+        plot_run(run_dir)
+    except Exception as exc:
+        print(f"warning: could not draw the plots ({type(exc).__name__}: {exc}); "
+              f"retry with python -m trainer.plot {run_dir}", file=sys.stderr)  # fmt: skip
 
 
 def prefixed(prefix: str, values: dict) -> dict:

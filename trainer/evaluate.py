@@ -1,0 +1,141 @@
+"""Evaluate an exported model on labelled data: ``python -m trainer.evaluate --model DIR --data PATH_OR_HUB``.
+
+    python -m trainer.evaluate --model runs/imdb/best --data test.csv --json
+    python -m trainer.evaluate --model runs/imdb/best --data stanfordnlp/imdb --split test --plot confusion.png
+    accelerate launch --num_processes 2 -m trainer.evaluate --model runs/imdb/best --data test.csv
+
+Reports accuracy, precision, recall, F1, ROC-AUC (two classes; macro averages for more), the mean
+loss, the confusion matrix and the number of examples; --json prints them as one JSON object.
+Labels are read with the model's own label map (0/1, neg/pos, negative/positive, ...); a label the
+model does not know is an error. Rows with an empty text or label are skipped and counted. Under
+``accelerate launch`` each process scores a share and the result equals the single-process one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import torch
+from accelerate import Accelerator, PartialState
+from torch.utils.data import DataLoader
+
+from trainer.checkpoint import load_exported
+from trainer.data import PaddingCollator, encode_labels, load_labelled, tokenize
+from trainer.errors import EXIT_USAGE, UserError
+from trainer.labels import LabelMap
+from trainer.metrics import classification_metrics
+from trainer.train import gather_predictions, report
+
+
+def confusion_matrix(probabilities: torch.Tensor, labels: torch.Tensor) -> list[list[int]]:
+    """counts[true][predicted]."""
+    size = probabilities.size(1)
+    matrix = torch.zeros(size, size, dtype=torch.long)
+    matrix.index_put_((labels, probabilities.argmax(1)), torch.ones_like(labels), accumulate=True)
+    return matrix.tolist()
+
+
+def evaluate_model(args: argparse.Namespace) -> dict:
+    cpu = args.cpu or not torch.accelerator.is_available()
+    state = PartialState(cpu=cpu)
+    started = time.perf_counter()
+    datasets.disable_progress_bars()  # one result, not a progress bar per step
+    model, tokenizer, meta = load_exported(args.model)
+    names = [meta["id2label"][str(i)] for i in range(len(meta["id2label"]))]
+    label_map = LabelMap(names)
+    try:
+        with state.main_process_first():  # the main process fills the datasets cache first
+            ds, skipped = load_labelled(args.data, args.split, args.text_column, args.label_column, args.config_name)
+            if len(ds) == 0:
+                raise UserError(f"{args.data} has no rows with both a text and a label")
+            if args.max_examples:
+                ds = ds.select(range(min(args.max_examples, len(ds))))
+            where = args.data if Path(args.data).exists() else f"the {args.split} split of {args.data}"
+            ds = encode_labels(ds, label_map, where, keep_in_memory=True)
+            ds = tokenize(ds, tokenizer, int(meta["max_length"]), keep_in_memory=True)
+    except UserError as exc:  # the same data on every process: reported once
+        exc.on_every_rank = True
+        raise
+    truncated = sum(ds["truncated"])
+    lengths = ds["length"]
+    ds = ds.select(sorted(range(len(ds)), key=lambda i: -lengths[i]))  # batches of similar length
+    loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=PaddingCollator(int(meta["pad_id"])))
+    accelerator = Accelerator(cpu=cpu, mixed_precision="no")
+    loader = accelerator.prepare_data_loader(loader)
+    model = model.to(accelerator.device)
+    probabilities, labels, losses = gather_predictions(model, loader, accelerator)
+    accelerator.end_training()  # every process leaves the group together (no abort at exit)
+    metrics = classification_metrics(probabilities, labels, losses)
+    result = {"model": str(args.model), "data": args.data}
+    if not Path(args.data).exists():
+        result["split"] = args.split
+    result |= {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    result |= {"labels": names, "confusion_matrix": confusion_matrix(probabilities, labels)}
+    result |= {"skipped_rows": skipped, "truncated": truncated, "max_length": int(meta["max_length"])}
+    result |= {"num_processes": accelerator.num_processes, "seconds": round(time.perf_counter() - started, 2)}
+    return result
+
+
+def show(result: dict) -> str:
+    notes = []
+    if result["skipped_rows"]:
+        notes.append(f"{result['skipped_rows']} rows without a text or label skipped")
+    if result["truncated"]:
+        notes.append(f"{result['truncated']} texts truncated to {result['max_length']} tokens")
+    lines = [
+        f"{result['model']} on {result['data']}: {result['n']:,} examples" + (f" ({'; '.join(notes)})" if notes else "")
+    ]
+    keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")
+    lines.append(" | ".join(f"{k} {result[k]:.4f}" for k in keys if isinstance(result.get(k), float)))
+    width = max(8, *(len(n) for n in result["labels"])) + 2
+    lines.append("confusion matrix (rows: true label, columns: predicted)")
+    lines.append(" " * width + "".join(f"{n:>{width}}" for n in result["labels"]))
+    for name, row in zip(result["labels"], result["confusion_matrix"], strict=True):
+        lines.append(f"{name:>{width}}" + "".join(f"{count:>{width},}" for count in row))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="an exported model folder (runs/<run>/best)")
+    parser.add_argument("--data", required=True, help="a csv/tsv/json/jsonl/parquet file, or a Hub dataset name")
+    parser.add_argument("--split", default="test", help="the Hub split to evaluate (default test)")
+    parser.add_argument("--config-name", help="the Hub dataset configuration")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the confusion matrix into this PNG file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--max-examples", type=int, help="evaluate the first N rows only")
+    parser.add_argument("--cpu", action="store_true", help="use the CPU even when a GPU is present")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    try:
+        if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
+            raise UserError("--batch-size and --max-examples must be at least 1", on_every_rank=True)
+        if args.plot and Path(args.plot).exists() and not args.overwrite:
+            raise UserError(f"{args.plot} exists; choose another --plot path or pass --overwrite", on_every_rank=True)
+        result = evaluate_model(args)
+    except UserError as exc:
+        report(exc, args.debug)
+        return EXIT_USAGE
+    if PartialState().is_main_process:
+        print(json.dumps(result) if args.json else show(result), flush=True)
+        if args.plot:
+            from trainer.plot import plot_confusion
+
+            title = f"{Path(args.model).parent.name}/{Path(args.model).name} on {Path(args.data).name}"
+            plot_confusion(result["confusion_matrix"], result["labels"], args.plot, title)
+            print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
