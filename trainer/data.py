@@ -513,6 +513,7 @@ def build_dataloaders(
     num_shards: int = 1,
     seed: int = 0,
     pad_to_multiple_of: int = 1,
+    pin_memory: bool = False,
 ) -> tuple[DataLoader, DataLoader]:
     """Training loader (length-grouped, shard-friendly batches) and validation loader.
 
@@ -522,6 +523,7 @@ def build_dataloaders(
     collate = PaddingCollator(pad_id(data.tokenizer), pad_to_multiple_of)
     sampler = LengthGroupedBatchSampler(lengths_of(data.train), batch_size, num_shards, seed, config.group_by_length)
     common = {"collate_fn": collate, "num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
+    common["pin_memory"] = pin_memory  # page-locked batches copy to a GPU faster
     # Own generators: iterating a loader must not draw from the global RNG (dropout's), or a run
     # resumed mid-epoch would not repeat the uninterrupted one exactly.
     train_loader = DataLoader(data.train, batch_sampler=sampler, generator=torch.Generator(), **common)

@@ -102,7 +102,7 @@ class SentimentModel:
                 )
         return results
 
-    def predict(self, texts: Sequence[str], batch_size: int = 128) -> list[Prediction]:
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
         """One prediction per text, in order."""
         return self._run(texts, batch_size, attention=False)
 
@@ -110,7 +110,7 @@ class SentimentModel:
         """The prediction and the attention weight of each of the text's tokens."""
         return self._run([text], 1, attention=True)[0]
 
-    def explain_batch(self, texts: Sequence[str], batch_size: int = 128) -> list[Explanation]:
+    def explain_batch(self, texts: Sequence[str], batch_size: int = 32) -> list[Explanation]:
         """``explain`` for many texts, batched."""
         return self._run(texts, batch_size, attention=True)
 

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", metavar="PATH", help="write a page highlighting each text's tokens")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --html file")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour --explain")
-    parser.add_argument("--batch-size", type=int, default=128, help="texts per forward pass")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)

@@ -277,6 +277,7 @@ def setup(config: Config, preset: str) -> Run:
         num_shards=accelerator.num_processes,
         seed=train_cfg.seed,
         pad_to_multiple_of=8 if accelerator.mixed_precision != "no" else 1,
+        pin_memory=accelerator.device.type == "cuda",
     )
     sampler = train_loader.batch_sampler
     steps_per_epoch = math.ceil(len(sampler) // accelerator.num_processes / train_cfg.gradient_accumulation_steps)
