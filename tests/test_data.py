@@ -172,3 +172,27 @@ def test_one_shard_of_2b_and_two_shards_of_b_see_the_same_examples_per_step():
     assert len(one) == len(two) // 2
     for step, batch in enumerate(one):
         assert sorted(batch) == sorted(two[2 * step] + two[2 * step + 1])
+
+
+def test_cross_validation_folds_partition_the_data(tmp_path):
+    from trainer.data import clean_splits, load_raw_splits
+
+    path = write_csv(tmp_path / "all.csv", [(f"review number {i} " + text, label)
+                                             for i, (text, label) in enumerate(review_rows(53))])  # fmt: skip
+    held_out = []
+    for fold in range(5):
+        config = DataConfig(train_files=[str(path)], cv_folds=5, cv_fold=fold)
+        splits, _, stats = clean_splits(load_raw_splits(config), config)
+        train, validation = set(splits["train"]["text"]), set(splits["validation"]["text"])
+        assert not train & validation and len(train | validation) == 53
+        assert len(validation) in (10, 11) and stats["validation_fold"] == f"{fold} of 5"
+        held_out.append(validation)
+    assert set.union(*held_out) == {f"review number {i} " + t for i, (t, _) in enumerate(review_rows(53))}
+    assert sum(map(len, held_out)) == 53  # every example is held out exactly once
+    again = DataConfig(train_files=[str(path)], cv_folds=5, cv_fold=2)
+    assert set(clean_splits(load_raw_splits(again), again)[0]["validation"]["text"]) == held_out[2]
+    with pytest.raises(UserError, match="cv_fold=5 is out of range"):
+        DataConfig(train_files=[str(path)], cv_folds=5, cv_fold=5)
+    both = DataConfig(train_files=[str(path)], validation_files=[str(path)], cv_folds=5)
+    with pytest.raises(UserError, match="cv_folds needs data without a validation split"):
+        clean_splits(load_raw_splits(both), both)

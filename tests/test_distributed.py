@@ -175,3 +175,20 @@ def test_two_nodes_on_one_machine(tmp_path):
     assert info["world_size"] == 2
     assert info["weight_digests"][0] == info["weight_digests"][1]
     assert b"run folder" in outputs[0][0] and b"run folder" not in outputs[1][0]
+
+
+def test_word_vectors_read_by_the_main_process_reach_every_process(tmp_path):
+    vectors = tmp_path / "vectors.txt"
+    words = ["film", "movie", "great", "boring", "acting", "plot"]
+    vectors.write_text("".join(f"{w} " + " ".join(str((i + 1) * 0.01 * (k + 1)) for k in range(16)) + "\n"
+                               for i, w in enumerate(words)))  # fmt: skip
+    run = tmp_path / "run"
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    launch([f"--train.output_dir={run}", f"--model.pretrained_embeddings={vectors}", "--train.max_steps=3"],
+           tmp_path, env=env)  # fmt: skip
+    info = read_json(run / "run_info.json")
+    assert info["world_size"] == 2
+    stats = info["pretrained_embeddings"]
+    assert stats["vectors_in_file"] == 6 and 4 <= stats["found"] <= 6, stats
+    digests = info["weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]

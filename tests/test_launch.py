@@ -1,6 +1,7 @@
 """The accelerate configs and launch scripts users start from."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from conftest import REPO, read_json
 
@@ -32,7 +34,7 @@ def test_every_accelerate_config_loads_with_accelerates_own_loader():
 
 
 def test_launch_scripts_are_valid_bash():
-    for script in ("setup.sh", "train.sh", "test.sh", "slurm.sbatch"):
+    for script in ("setup.sh", "train.sh", "test.sh", "slurm.sbatch", "sweep_trial.sh"):
         subprocess.run(["bash", "-n", str(REPO / "launch" / script)], check=True)
     sbatch = (REPO / "launch" / "slurm.sbatch").read_text()
     for line in ("#SBATCH --nodes=", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=",
@@ -122,3 +124,32 @@ def test_slurm_time_limit_signal_checkpoints_requeues_and_the_next_job_resumes(t
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout
     assert read_json(run / "run_info.json")["world_size"] == 2
+
+
+def test_sweep_parameters_are_valid_trainer_overrides():
+    from trainer.config import load_config
+
+    sweep = yaml.safe_load((REPO / "launch" / "sweep.yaml").read_text())
+    assert sweep["command"] == ["bash", "${program}", "${args}"] and (REPO / sweep["program"]).is_file()
+    assert sweep["metric"] == {"name": "eval/accuracy", "goal": "maximize"}
+    for key, spec in sweep["parameters"].items():
+        candidates = spec.get("values") or ([spec["value"]] if "value" in spec else [spec["min"], spec["max"]])
+        for value in candidates:
+            config = load_config("imdb", [f"--{key}={value}"])  # a bad key or value raises UserError
+            section, name = key.split(".")
+            assert getattr(getattr(config, section), name) == value
+
+
+def test_sweep_trial_trains_through_train_sh_into_a_folder_per_wandb_run(tmp_path):
+    (tmp_path / "launch").mkdir()
+    shutil.copy(REPO / "launch" / "sweep_trial.sh", tmp_path / "launch")
+    stand_in = tmp_path / "launch" / "train.sh"  # prints the arguments it would train with
+    stand_in.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    stand_in.chmod(0o755)
+    env = {**os.environ, "WANDB_RUN_ID": "abc123", "SWEEP_ARGS": "--data.train_files=my.csv --train.epochs=2"}
+    done = subprocess.run(["bash", str(tmp_path / "launch" / "sweep_trial.sh"), "--optim.lr=0.002"], env=env,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert done.stdout.splitlines() == [
+        "--config", "imdb", "--data.train_files=my.csv", "--train.epochs=2", "--logging.tracker=wandb",
+        f"--train.output_dir={tmp_path}/runs/sweep-abc123", "--optim.lr=0.002",
+    ]  # fmt: skip

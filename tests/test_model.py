@@ -81,3 +81,33 @@ def test_model_imports_no_training_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_word_vectors_initialise_the_embedding_rows_they_cover(tmp_path):
+    from tokenizers import Tokenizer, models
+
+    from trainer.errors import UserError
+    from trainer.vectors import initialise_embedding, load_word_vectors
+
+    tokenizer = Tokenizer(
+        models.WordLevel({"[PAD]": 0, "[UNK]": 1, "film": 2, "great": 3, "dull": 4}, unk_token="[UNK]")
+    )
+    path = tmp_path / "vectors.txt"  # word2vec text format: a header, then word and 3 numbers
+    path.write_text("4 3\nfilm 0.1 0.2 0.3\nother 1 1 1\ngreat -1 0 1\n[PAD] 9 9 9\n", encoding="utf-8")
+    vectors, stats = load_word_vectors(path, tokenizer, 3)
+    assert stats == {"path": str(path), "vectors_in_file": 4, "vocabulary": 4, "found": 2, "coverage": 0.5}
+    embedding = torch.nn.Embedding(5, 3, padding_idx=0)
+    before = embedding.weight.detach().clone()
+    initialise_embedding(embedding, vectors)
+    assert torch.equal(embedding.weight[2], torch.tensor([0.1, 0.2, 0.3]))
+    assert torch.equal(embedding.weight[3], torch.tensor([-1.0, 0.0, 1.0]))
+    assert torch.equal(embedding.weight[[0, 1, 4]], before[[0, 1, 4]])  # padding stays zero, others random
+    with pytest.raises(
+        UserError, match=r"3-dimensional vectors and model\.embedding_dim is 4; set --model\.embedding_dim=3"
+    ):
+        load_word_vectors(path, tokenizer, 4)
+    with pytest.raises(UserError, match="does not exist"):
+        load_word_vectors(tmp_path / "absent.txt", tokenizer, 3)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 1 2 3\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8"):
+        load_word_vectors(tmp_path / "latin1.txt", tokenizer, 3)

@@ -254,3 +254,10 @@ def test_auto_precision_is_bf16_only_on_a_cpu_that_runs_it_natively(tmp_path, mo
     args = ["--config", "tiny", f"--train.output_dir={run}", "--train.mixed_precision=auto", "--train.max_steps=2"]
     assert main([*args, "--train.cpu=true", "--logging.tracker=none"]) == 0
     assert read_json(run / "run_info.json")["mixed_precision"] == ("bf16" if native else "no")
+
+
+def test_a_word_vector_file_of_the_wrong_size_is_a_one_line_error(tmp_path, capsys):
+    vectors = tmp_path / "glove.txt"
+    vectors.write_text("film 0.1 0.2 0.3\n")
+    err = bad_run(tmp_path, capsys, f"--model.pretrained_embeddings={vectors}")
+    assert "3-dimensional vectors and model.embedding_dim is 16; set --model.embedding_dim=3" in err

@@ -56,6 +56,13 @@ class DataConfig:
         default=0.1, metadata={"help": "share of train carved out for validation when none is given"}
     )
     split_seed: int = field(default=42, metadata={"help": "seed of the validation carve-out"})
+    cv_folds: int = field(
+        default=0,
+        metadata={
+            "help": "k-fold cross-validation: validate on fold cv_fold of k (0 = off; needs no validation split)"
+        },
+    )
+    cv_fold: int = field(default=0, metadata={"help": "which fold (0 .. cv_folds-1) is the validation split"})
     max_length: int = field(default=256, metadata={"help": "truncate texts to this many tokens"})
     max_train_examples: int | None = field(default=None, metadata={"help": "use at most this many training rows"})
     max_eval_examples: int | None = field(default=None, metadata={"help": "use at most this many validation rows"})
@@ -71,6 +78,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_range("data.validation_fraction", self.validation_fraction, 0.01, 0.9)
+        if self.cv_folds:
+            check_range("data.cv_folds", self.cv_folds, 2)
+            check_range("data.cv_fold", self.cv_fold, 0, self.cv_folds - 1)
         if self.validation_files and not self.train_files:
             raise UserError("data.validation_files needs data.train_files too (local files for both splits)")
         check_range("data.max_length", self.max_length, 1)
@@ -124,7 +134,15 @@ def _file_identity(paths: list[str]) -> list:
 
 def source_identity(config: DataConfig) -> dict:
     """What determines the prepared (pre-tokenisation) data; part of every cache key."""
-    keys = ("text_column", "label_column", "validation_fraction", "split_seed", "max_train_examples")
+    keys = (
+        "text_column",
+        "label_column",
+        "validation_fraction",
+        "split_seed",
+        "max_train_examples",
+        "cv_folds",
+        "cv_fold",
+    )
     prep = {k: getattr(config, k) for k in (*keys, "max_eval_examples")}
     if config.source == "files":
         files = {
@@ -208,7 +226,10 @@ def load_labelled(source: str, split: str = "test", text_column: str = "text", l
     Returns (dataset with ``text`` and raw ``label`` columns, rows dropped for an empty text or label).
     """
     config = DataConfig(name=source, config_name=config_name, text_column=text_column, label_column=label_column)
-    if os.path.exists(source) or any(source.lower().endswith(f".{ext}") for ext in FORMATS):
+    name = source.lower()
+    for suffix in COMPRESSIONS:
+        name = name.removesuffix(suffix)
+    if os.path.exists(source) or name.rsplit(".", 1)[-1] in FORMATS:  # a path, maybe a missing one
         _file_identity([source])  # a clear error for a missing file or a folder
         ds, where = _load_files([source]), source
     else:
@@ -292,6 +313,18 @@ def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) ->
         )
     splits = {split: encode_labels(ds, label_map, split) for split, ds in splits.items()}
 
+    if config.cv_folds:
+        if "validation" in splits:
+            raise UserError("data.cv_folds needs data without a validation split (set --data.validation_split=null, "
+                            "or give no --data.validation_files)")  # fmt: skip
+        if len(splits["train"]) < config.cv_folds:
+            raise UserError(f"{len(splits['train'])} rows cannot be cut into {config.cv_folds} folds")
+        # Fold k: every k-th example of one seeded permutation; the folds partition the data.
+        order = torch.randperm(len(splits["train"]), generator=torch.Generator().manual_seed(config.split_seed))
+        held_out = set(order[config.cv_fold :: config.cv_folds].tolist())
+        train_rows = [i for i in range(len(splits["train"])) if i not in held_out]
+        splits = {"train": splits["train"].select(train_rows), "validation": splits["train"].select(sorted(held_out))}
+        stats["validation_fold"] = f"{config.cv_fold} of {config.cv_folds}"
     if "validation" not in splits:
         if len(splits["train"]) < 10:
             raise UserError(

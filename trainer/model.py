@@ -34,6 +34,14 @@ class ModelConfig:
         default=0.5, metadata={"help": "dropout on embeddings, between layers and before the classifier"}
     )
 
+    pretrained_embeddings: str | None = field(
+        default=None,
+        metadata={
+            "help": "a local GloVe/word2vec text file whose vectors initialise the embedding (never downloaded; "
+            "its dimension must equal embedding_dim)"
+        },
+    )
+
     def __post_init__(self) -> None:
         check_choice("model.cell", self.cell, CELLS)
         for key in ("embedding_dim", "hidden_dim", "num_layers"):

@@ -55,6 +55,7 @@ from trainer.plot import plot_run
 from trainer.preemption import Preemption
 from trainer.tokenizer import pad_id, save_tokenizer
 from trainer.tracking import tracker_resume_kwargs, tracker_setup
+from trainer.vectors import initialise_embedding, load_word_vectors
 
 DEFAULT_PRESET = "default"
 
@@ -226,6 +227,27 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator) -> dict:
     return classification_metrics(*gather_predictions(model, loader, accelerator))
 
 
+def pretrained_embeddings(config: Config, model: SentimentRNN, data: PreparedData, accelerator: Accelerator):
+    """Initialise the embedding from ``model.pretrained_embeddings`` on the main process; DDP then
+    broadcasts the main process's weights to the others. Returns the statistics, or None."""
+    path = config.model.pretrained_embeddings
+    if not path:
+        return None
+    stats, problem = None, None
+    if accelerator.is_main_process:
+        try:
+            vectors, stats = load_word_vectors(path, data.tokenizer, config.model.embedding_dim)
+            initialise_embedding(model.embedding, vectors)
+        except UserError as exc:
+            problem = str(exc)
+    stats, problem = broadcast_object_list([stats, problem])
+    if problem:
+        raise UserError(problem, on_every_rank=True)
+    say(accelerator, f"embedding: {stats['found']:,} of {stats['vocabulary']:,} tokens initialised from {path} "
+                     f"({stats['coverage']:.1%})")  # fmt: skip
+    return stats
+
+
 @dataclass
 class Run:
     """Everything ``fit`` needs, built by ``setup``."""
@@ -286,6 +308,7 @@ def setup(config: Config, preset: str) -> Run:
     model = SentimentRNN(
         config.model, data.tokenizer.get_vocab_size(), len(data.label_map.names), pad_id(data.tokenizer)
     )
+    embedding_stats = pretrained_embeddings(config, model, data, accelerator)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, total_steps)
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
@@ -318,6 +341,7 @@ def setup(config: Config, preset: str) -> Run:
     info["data_per_rank"] = gather_object([data.stats])
     info |= {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     info["num_parameters"] = sum(p.numel() for p in model.parameters())
+    info["pretrained_embeddings"] = embedding_stats
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
