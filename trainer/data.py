@@ -26,7 +26,15 @@ from torch.utils.data import DataLoader
 from trainer import corpus
 from trainer.errors import UserError, check_range
 from trainer.labels import LabelMap
-from trainer.tokenizer import TokenizerConfig, load_tokenizer, pad_id, save_tokenizer, train_tokenizer
+from trainer.tokenizer import (
+    TokenizerConfig,
+    load_tokenizer,
+    pad_batch,
+    pad_id,
+    save_tokenizer,
+    train_tokenizer,
+    truncating_copy,
+)
 
 BUILTIN = "builtin"
 FORMATS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
@@ -112,11 +120,16 @@ def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _file_format(path: str) -> str:
+def _extension(path: str) -> str:
+    """The extension under any compression suffix: csv for data.csv.gz."""
     name = path.lower()
     for suffix in COMPRESSIONS:
         name = name.removesuffix(suffix)
-    ext = name.rsplit(".", 1)[-1]
+    return name.rsplit(".", 1)[-1]
+
+
+def _file_format(path: str) -> str:
+    ext = _extension(path)
     if ext not in FORMATS:
         raise UserError(f"cannot tell the format of {path}; use a .csv, .tsv, .json, .jsonl or .parquet file")
     return ext
@@ -226,10 +239,7 @@ def load_labelled(source: str, split: str = "test", text_column: str = "text", l
     Returns (dataset with ``text`` and raw ``label`` columns, rows dropped for an empty text or label).
     """
     config = DataConfig(name=source, config_name=config_name, text_column=text_column, label_column=label_column)
-    name = source.lower()
-    for suffix in COMPRESSIONS:
-        name = name.removesuffix(suffix)
-    if os.path.exists(source) or name.rsplit(".", 1)[-1] in FORMATS:  # a path, maybe a missing one
+    if os.path.exists(source) or _extension(source) in FORMATS:  # a path, maybe a missing one
         _file_identity([source])  # a clear error for a missing file or a folder
         ds, where = _load_files([source]), source
     else:
@@ -376,10 +386,7 @@ def tokenize_split(
 
 def tokenize(ds: datasets.Dataset, tokenizer: Tokenizer, max_length: int, **map_kwargs) -> datasets.Dataset:
     """``text`` -> ``input_ids`` (at most max_length), ``length`` and ``truncated``, by batched map."""
-    # A copy that truncates in Rust (the caller's tokenizer, saved with the model, stays as it is);
-    # encode_batch_fast skips the character offsets, which are not used here.
-    truncating = Tokenizer.from_str(tokenizer.to_str())
-    truncating.enable_truncation(max_length)
+    truncating = truncating_copy(tokenizer, max_length)  # encode_batch_fast: no offsets, not used here
 
     def encode(batch: dict) -> dict:
         encodings = truncating.encode_batch_fast(batch["text"])
@@ -523,12 +530,7 @@ class PaddingCollator:
         self.multiple = pad_to_multiple_of
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        lengths = torch.tensor([row["length"] for row in rows], dtype=torch.long)
-        width = max(1, int(lengths.max()))
-        width = -(-width // self.multiple) * self.multiple
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : row["length"]] = torch.as_tensor(row["input_ids"], dtype=torch.long)
+        input_ids, lengths = pad_batch([row["input_ids"] for row in rows], self.pad_id, self.multiple)
         labels = torch.tensor([row["label"] for row in rows], dtype=torch.long)
         return {"input_ids": input_ids, "lengths": lengths, "labels": labels}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import traceback
 from collections.abc import Iterable
 
 EXIT_USAGE = 2
@@ -16,6 +18,13 @@ class UserError(Exception):
     def __init__(self, message: str, on_every_rank: bool = False) -> None:
         super().__init__(message)
         self.on_every_rank = on_every_rank
+
+
+def print_error(exc: Exception, debug: bool, prefix: str = "") -> None:
+    """The one line a user sees for ``exc`` (with the traceback before it when ``debug``)."""
+    if debug:
+        traceback.print_exc()
+    print(f"{prefix}error: {exc}", file=sys.stderr, flush=True)
 
 
 def check_choice(key: str, value: object, choices: Iterable[object]) -> None:

@@ -26,7 +26,7 @@ from accelerate import Accelerator, PartialState
 from torch.utils.data import DataLoader
 
 from trainer.checkpoint import load_exported
-from trainer.data import PaddingCollator, encode_labels, load_labelled, tokenize
+from trainer.data import PaddingCollator, encode_labels, lengths_of, load_labelled, tokenize
 from trainer.errors import EXIT_USAGE, UserError
 from trainer.labels import LabelMap
 from trainer.metrics import classification_metrics
@@ -62,8 +62,8 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     except UserError as exc:  # the same data on every process: reported once
         exc.on_every_rank = True
         raise
-    truncated = sum(ds["truncated"])
-    lengths = ds["length"]
+    truncated = sum(ds.with_format("arrow")["truncated"].to_pylist())
+    lengths = lengths_of(ds)
     ds = ds.select(sorted(range(len(ds)), key=lambda i: -lengths[i]))  # batches of similar length
     loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=PaddingCollator(int(meta["pad_id"])))
     accelerator = Accelerator(cpu=cpu, mixed_precision="no")

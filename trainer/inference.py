@@ -19,6 +19,7 @@ from tokenizers import Encoding, Tokenizer
 from trainer.checkpoint import load_exported
 from trainer.errors import UserError
 from trainer.model import class_probabilities
+from trainer.tokenizer import pad_batch, truncating_copy
 
 
 @dataclass
@@ -54,17 +55,13 @@ class SentimentModel:
         self.max_length = int(meta["max_length"])
         self.pad_id = int(meta["pad_id"])
         self.tokenizer = tokenizer
-        self._truncating = Tokenizer.from_str(tokenizer.to_str())
-        self._truncating.enable_truncation(self.max_length)
+        self._truncating = truncating_copy(tokenizer, self.max_length)
 
     def encode(self, texts: Sequence[str]) -> list[Encoding]:
         return self._truncating.encode_batch(list(texts))
 
     def _forward(self, encodings: list[Encoding], attention: bool = False):
-        lengths = torch.tensor([len(e.ids) for e in encodings], dtype=torch.long)
-        input_ids = torch.full((len(encodings), max(1, int(lengths.max()))), self.pad_id, dtype=torch.long)
-        for row, encoding in enumerate(encodings):
-            input_ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids, dtype=torch.long)
+        input_ids, lengths = pad_batch([e.ids for e in encodings], self.pad_id)
         with torch.inference_mode():
             out = self.model(input_ids.to(self.device), lengths.to(self.device), return_attention=attention)
         logits, weights = out if attention else (out, None)

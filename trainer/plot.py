@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from pathlib import Path
 
-from trainer.errors import EXIT_USAGE, UserError
+from trainer.errors import EXIT_USAGE, UserError, print_error
 
 FIGURES = {
     "loss": ("loss", {"train/loss": "training", "eval/loss": "validation"}),
@@ -119,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in plot_run(args.run_dir, args.out):
             print(path)
     except UserError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc, args.debug)
         return EXIT_USAGE
     return 0
 

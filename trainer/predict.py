@@ -20,10 +20,9 @@ import io
 import json
 import os
 import sys
-import traceback
 from pathlib import Path
 
-from trainer.errors import EXIT_USAGE, UserError
+from trainer.errors import EXIT_USAGE, UserError, print_error
 from trainer.explain import ansi, html_page, top_tokens
 from trainer.inference import load_model
 
@@ -41,7 +40,7 @@ def _decode(raw: bytes, where: str) -> str:
 def read_texts(path: str, text_column: str) -> list[str]:
     """Texts from a .txt (a line each), .csv/.tsv (a column) or .jsonl (a field) file; - is stdin."""
     if path == "-":
-        return _lines(_decode(sys.stdin.buffer.read(), "standard input"))
+        return _decode(sys.stdin.buffer.read(), "standard input").splitlines()
     file = Path(path)
     if not file.is_file():
         raise UserError(f"{path} does not exist or is not a file; give a .txt, .csv, .tsv or .jsonl file")
@@ -67,10 +66,6 @@ def read_texts(path: str, text_column: str) -> list[str]:
                 raise UserError(f"{path}:{number} has no field {text_column!r} (set --text-column)")
             texts.append(str(record[text_column] or ""))
         return texts
-    return _lines(content)
-
-
-def _lines(content: str) -> list[str]:
     return content.splitlines()
 
 
@@ -146,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--batch-size={args.batch_size} must be at least 1")
         return run(args)
     except UserError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc, args.debug)
         return EXIT_USAGE
     except BrokenPipeError:  # e.g. piped into head
         return 0

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from trainer.errors import UserError, check_choice, check_range
@@ -79,6 +80,24 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:
     Path(path).write_text(tokenizer.to_str(), encoding="utf-8")
+
+
+def truncating_copy(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
+    """A copy that truncates to ``max_length`` in Rust; ``tokenizer`` (saved with the model) stays as it is."""
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.enable_truncation(max_length)
+    return copy
+
+
+def pad_batch(sequences: list[list[int]], pad: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids (B, T) right-padded to the longest, rounded up to ``multiple``; lengths (B,))."""
+    lengths = torch.tensor([len(ids) for ids in sequences], dtype=torch.long)
+    width = max(1, int(lengths.max()))
+    width = -(-width // multiple) * multiple
+    input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+    return input_ids, lengths
 
 
 def pad_id(tokenizer: Tokenizer) -> int:

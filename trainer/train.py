@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import Config, config_reference, load_config, preset_names, to_yaml
 from trainer.data import Coordination, LengthGroupedBatchSampler, PreparedData, build_dataloaders, prepare_data
-from trainer.errors import EXIT_USAGE, UserError
+from trainer.errors import EXIT_USAGE, UserError, print_error
 from trainer.metrics import METRICS_FOR, MetricsLog, Throughput, classification_metrics, is_better
 from trainer.model import SentimentRNN, class_probabilities, classification_loss
 from trainer.optim import build_optimizer, build_scheduler
@@ -619,13 +618,11 @@ def report(exc: UserError, debug: bool) -> None:
     process alone; any other by the process that raised it, tagged with its rank when there are
     several. The launcher then stops the other processes.
     """
-    if debug:
-        traceback.print_exc()
     state = PartialState(cpu=not torch.accelerator.is_available())  # as setup() made it, if it did
     if exc.on_every_rank and not state.is_main_process:
         return
     where = f"[rank {state.process_index}] " if state.num_processes > 1 and not exc.on_every_rank else ""
-    print(f"{where}error: {exc}", file=sys.stderr, flush=True)
+    print_error(exc, debug, where)
 
 
 def main(argv: list[str] | None = None) -> int:
