@@ -240,6 +240,11 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> None:
     state.load_state_dict(saved)
 
 
+def _tokenizer_digest(tokenizer: Tokenizer) -> str:
+    """Identifies the exact tokenizer an exported model was trained with."""
+    return hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
+
+
 def export_model(
     out_dir: Path,
     model: SentimentRNN,
@@ -267,7 +272,7 @@ def export_model(
         "pad_id": model.pad_id,
         "max_length": max_length,
         "id2label": {str(i): name for i, name in enumerate(label_names)},
-        "tokenizer_sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
+        "tokenizer_sha256": _tokenizer_digest(tokenizer),
         **(extra or {}),
     }
     (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -307,8 +312,7 @@ def load_exported(model_dir: str | Path) -> tuple[SentimentRNN, Tokenizer, dict]
     model.eval()
     tokenizer = load_tokenizer(model_dir / TOKENIZER_NAME)
     expected = meta.get("tokenizer_sha256")
-    actual = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
-    if tokenizer.get_vocab_size() != meta["vocab_size"] or (expected and expected != actual):
+    if tokenizer.get_vocab_size() != meta["vocab_size"] or (expected and expected != _tokenizer_digest(tokenizer)):
         raise UserError(
             f"{model_dir / TOKENIZER_NAME} is not the tokenizer these weights were trained with "
             f"({tokenizer.get_vocab_size()} tokens, the model has {meta['vocab_size']}); restore the exported one"

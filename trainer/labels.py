@@ -86,6 +86,3 @@ class LabelMap:
                 where, has, option = split, "the model knows", "--label-column"
             raise UserError(f"unknown label {value!r} in {where}; {has}: {known} (fix the labels or the {option})")
         return self._ids[name]
-
-    def to_json(self) -> dict[str, str]:
-        return {str(i): name for i, name in enumerate(self.names)}
