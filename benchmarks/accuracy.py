@@ -16,14 +16,6 @@ fitted per fold too.
     python benchmarks/accuracy.py --cv-folds 10 -- --config rt_polarity \
         --data.train_files=../shared/data/rt_polarity/all.csv
 
-With ``--pretrain CONFIG`` each distinct training split (each fold; the one split shared by all
-seeds) is first used for language-model pre-training with that preset (``train.objective=lm``,
-same data arguments), and every run fine-tunes from it (``--model.init_from``); the pre-training
-time is reported separately.
-
-    python benchmarks/accuracy.py --seeds 1,2,3 --pretrain imdb_pretrain -- --config imdb \
-        --data.train_files=../shared/data/imdb/train.csv.gz
-
 Arguments after -- go to the trainer. The last line is one JSON object.
 """
 
@@ -42,44 +34,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_trainer(seed: int, trainer_args: list[str], out: Path) -> dict:
-    """One ``python -m trainer`` run into ``out``; returns its run_info.json."""
+def train(seed: int, trainer_args: list[str], out: Path) -> dict:
     command = [sys.executable, "-m", "trainer", *trainer_args, f"--train.seed={seed}", f"--train.output_dir={out}",
-               "--logging.tracker=none", "--checkpoint.save_final=false", "--logging.plots=false"]  # fmt: skip
+               "--logging.tracker=none", "--checkpoint.save_final=false"]  # fmt: skip
+    started = time.perf_counter()
     done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"seed {seed} failed:\n{done.stderr[-2000:]}")
-    return json.loads((out / "run_info.json").read_text())
-
-
-def with_config(trainer_args: list[str], config: str) -> list[str]:
-    """The trainer arguments with ``--config`` replaced (or added)."""
-    kept, skip = [], False
-    for arg in trainer_args:
-        if skip:
-            skip = False
-        elif arg == "--config":
-            skip = True
-        elif not arg.startswith("--config="):
-            kept.append(arg)
-    return ["--config", config, *kept]
-
-
-def pretrain(config: str, trainer_args: list[str], out: Path) -> dict:
-    """Language-model pre-training (seed 1) on the training split the arguments select."""
-    started = time.perf_counter()
-    info = run_trainer(1, with_config(trainer_args, config), out)
-    return {
-        "init_from": str(out / "best"),
-        "perplexity": round(info["best_metrics"]["perplexity"], 2),
-        "train_seconds": info["train_seconds"],
-        "command_seconds": round(time.perf_counter() - started, 1),
-    }
-
-
-def train(seed: int, trainer_args: list[str], out: Path) -> dict:
-    started = time.perf_counter()
-    info = run_trainer(seed, trainer_args, out)
+    info = json.loads((out / "run_info.json").read_text())
     return {
         "seed": seed,
         "best_accuracy": info["best_metrics"]["accuracy"],
@@ -95,12 +57,6 @@ def main() -> dict:
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated training seeds")
     parser.add_argument("--no-bow", action="store_true", help="skip the TF-IDF + logistic regression reference")
     parser.add_argument("--cv-folds", type=int, default=0, help="K-fold cross-validation instead of seeds")
-    parser.add_argument(
-        "--pretrain",
-        metavar="CONFIG",
-        help="first pre-train a language model with this preset (e.g. imdb_pretrain) on the same data arguments, "
-        "once per training split, and fine-tune every run from it",
-    )
     parser.add_argument("trainer_args", nargs="*", help="the trainer's arguments, after --")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -108,17 +64,10 @@ def main() -> dict:
     plan = [(seed, []) for seed in seeds]
     if args.cv_folds:
         plan = [(seeds[0], [f"--data.cv_folds={args.cv_folds}", f"--data.cv_fold={k}"]) for k in range(args.cv_folds)]
-    runs, pretrained = [], {}
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for number, (seed, extra) in enumerate(plan):
-            trainer_args = [*args.trainer_args, *extra]
-            if args.pretrain:  # once per training split: for every fold, for all seeds together
-                key = " ".join(extra)
-                if key not in pretrained:
-                    pretrained[key] = pretrain(args.pretrain, trainer_args, Path(tmp) / f"pretrain-{number}")
-                    print(json.dumps({"pretrain": pretrained[key]}), file=sys.stderr, flush=True)
-                trainer_args.append(f"--model.init_from={pretrained[key]['init_from']}")
-            runs.append(train(seed, trainer_args, Path(tmp) / f"run-{number}") | {"args": extra})
+            runs.append(train(seed, [*args.trainer_args, *extra], Path(tmp) / f"run-{number}") | {"args": extra})
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     # Cross-validation reports the last model on each held-out fold; seeds report the selected one.
     accuracies = [r["final_accuracy" if args.cv_folds else "best_accuracy"] for r in runs]
@@ -129,9 +78,6 @@ def main() -> dict:
         "accuracy_std": round(statistics.stdev(accuracies), 4) if len(accuracies) > 1 else 0.0,
         "train_seconds_median": statistics.median(r["train_seconds"] for r in runs),
     }
-    if pretrained:
-        result["pretrain"] = list(pretrained.values())
-        result["pretrain_seconds_median"] = statistics.median(p["train_seconds"] for p in pretrained.values())
     result["final_accuracy_mean"] = round(statistics.mean(r["final_accuracy"] for r in runs), 4)
     if not args.no_bow:
         sys.path.insert(0, str(REPO / "benchmarks"))

@@ -192,15 +192,3 @@ def test_word_vectors_read_by_the_main_process_reach_every_process(tmp_path):
     assert stats["vectors_in_file"] == 6 and 4 <= stats["found"] <= 6, stats
     digests = info["weight_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
-
-
-def test_language_model_pretraining_on_two_processes(tmp_path):
-    run = tmp_path / "pre"
-    launch([f"--train.output_dir={run}", "--train.objective=lm", "--train.eval_batch_size=7"], tmp_path,
-           env={"XDG_CACHE_HOME": str(tmp_path / "cache")})  # fmt: skip
-    info = read_json(run / "run_info.json")
-    assert info["world_size"] == 2 and info["distributed_type"] == "MULTI_CPU"
-    digests = info["weight_digests"]
-    assert len(digests) == 2 and digests[0] == digests[1]
-    # Every validation text counted once (60 rows in batches of 7 do not split evenly over 2).
-    assert info["final_metrics"]["n"] == 60

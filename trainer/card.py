@@ -85,39 +85,3 @@ model.explain("Dull, but the score is lovely.").weights
 {config_yaml.rstrip()}
 ```
 """
-
-
-def encoder_card(meta: dict, config_yaml: str, config: dict, stats: dict) -> str:
-    """README.md of a pre-trained encoder folder (``train.objective=lm``)."""
-    model = meta["model"]
-    kind = f"{model['num_layers']}-layer {'bidirectional ' if model['bidirectional'] else ''}{model['cell'].upper()}"
-    metrics = meta.get("metrics") or {}
-    scores = f"loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.1f}" if metrics else "not validated"
-    return f"""# Pre-trained encoder: embedding and {kind} language model
-
-Trained with sentiment-trainer (`python -m trainer --train.objective=lm`) to predict each next token
-(forward direction) and each previous token (backward direction) of the training texts; labels unused.
-Not a classifier: start one from it.
-
-- Training texts: {describe_data(config["data"])}, {stats.get("train_examples", "?")} examples, cut to
-  {meta["max_length"]} tokens
-- Tokenizer: {config["tokenizer"]["model"]}, {meta["vocab_size"]} tokens (`tokenizer.json`)
-- Embedding {model["embedding_dim"]}, hidden size {model["hidden_dim"]} per direction;
-  adaptive-softmax output layer (dropped when fine-tuning)
-- Validation at step {meta.get("step", "?")}: {scores}
-
-## Use
-
-```bash
-python -m trainer --config CONFIG --model.init_from=THIS_FOLDER
-```
-
-The classifier takes the embedding and recurrent weights and this folder's tokenizer; its model
-sizes must match.
-
-## Training config
-
-```yaml
-{config_yaml.rstrip()}
-```
-"""

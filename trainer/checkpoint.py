@@ -240,25 +240,23 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> None:
     state.load_state_dict(saved)
 
 
-def tokenizer_digest(tokenizer: Tokenizer) -> str:
+def _tokenizer_digest(tokenizer: Tokenizer) -> str:
     """Identifies the exact tokenizer an exported model was trained with."""
     return hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
 
 
 def export_model(
     out_dir: Path,
-    model: torch.nn.Module,
+    model: SentimentRNN,
     tokenizer: Tokenizer,
-    label_names: list[str] | None,
+    label_names: list[str],
     max_length: int,
     extra: dict | None = None,
     card: Callable[[dict], str] | None = None,
 ) -> None:
     """Write a self-contained model folder, atomically: a reader never sees a half-written one.
 
-    ``model`` is a ``SentimentRNN`` (with its ``label_names``) or a pre-trained ``LanguageModel``
-    (``label_names`` None). ``card(meta)`` returns the folder's README.md (the model card) from
-    its config.json contents.
+    ``card(meta)`` returns the folder's README.md (the model card) from its config.json contents.
     """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
@@ -267,15 +265,16 @@ def export_model(
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
     meta = {
-        "architecture": type(model).__name__,
+        "architecture": "SentimentRNN",
         "model": dataclasses.asdict(model.config),
         "vocab_size": model.embedding.num_embeddings,
+        "num_labels": model.num_labels,
         "pad_id": model.pad_id,
         "max_length": max_length,
+        "id2label": {str(i): name for i, name in enumerate(label_names)},
+        "tokenizer_sha256": _tokenizer_digest(tokenizer),
+        **(extra or {}),
     }
-    if label_names is not None:
-        meta |= {"num_labels": model.num_labels, "id2label": {str(i): name for i, name in enumerate(label_names)}}
-    meta |= {"tokenizer_sha256": tokenizer_digest(tokenizer), **(extra or {})}
     (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     save_tokenizer(tokenizer, tmp / TOKENIZER_NAME)
     if card is not None:
@@ -297,11 +296,6 @@ def load_exported(model_dir: str | Path) -> tuple[SentimentRNN, Tokenizer, dict]
         raise UserError(f"{model_dir} is not a complete model folder: missing {', '.join(missing)}")
     try:
         meta = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
-        if meta.get("architecture") == "LanguageModel":
-            raise UserError(
-                f"{model_dir} is a pre-trained encoder (train.objective=lm), not a classifier; fine-tune it "
-                f"with python -m trainer --model.init_from={model_dir}"
-            )
         model = SentimentRNN(ModelConfig(**meta["model"]), meta["vocab_size"], meta["num_labels"], meta["pad_id"])
         missing = [key for key in ("max_length", "id2label") if key not in meta]
         if missing:
@@ -318,7 +312,7 @@ def load_exported(model_dir: str | Path) -> tuple[SentimentRNN, Tokenizer, dict]
     model.eval()
     tokenizer = load_tokenizer(model_dir / TOKENIZER_NAME)
     expected = meta.get("tokenizer_sha256")
-    if tokenizer.get_vocab_size() != meta["vocab_size"] or (expected and expected != tokenizer_digest(tokenizer)):
+    if tokenizer.get_vocab_size() != meta["vocab_size"] or (expected and expected != _tokenizer_digest(tokenizer)):
         raise UserError(
             f"{model_dir / TOKENIZER_NAME} is not the tokenizer these weights were trained with "
             f"({tokenizer.get_vocab_size()} tokens, the model has {meta['vocab_size']}); restore the exported one"

@@ -27,7 +27,6 @@ from trainer.tracking import LoggingConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 PRECISIONS = ("no", "fp16", "bf16", "auto")
-OBJECTIVES = ("classify", "lm")
 
 
 @dataclass
@@ -46,13 +45,6 @@ class TrainConfig:
             "with AVX512-BF16/AMX), fp16 on older GPUs, else no (default: the accelerate config's, else no)"
         },
     )
-    objective: str = field(
-        default="classify",
-        metadata={
-            "help": "classify (train on the labels), or lm: pre-train the embedding and RNN as forward and backward "
-            "language models on the training texts, for model.init_from (trainer/lm.py)"
-        },
-    )
     seed: int = field(default=42, metadata={"help": "seed of weights, dropout and batch order"})
     eval_every_steps: int = field(default=0, metadata={"help": "also validate every N optimizer steps (0 = off)"})
     log_every_steps: int = field(default=10, metadata={"help": "log training metrics every N optimizer steps"})
@@ -63,7 +55,6 @@ class TrainConfig:
             self.mixed_precision = "no"
         if self.mixed_precision is not None:
             check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
-        check_choice("train.objective", self.objective, OBJECTIVES)
         for key in ("epochs", "batch_size", "gradient_accumulation_steps", "log_every_steps"):
             check_range(f"train.{key}", getattr(self, key), 1)
         for key in ("max_steps", "eval_batch_size"):

@@ -42,14 +42,6 @@ class ModelConfig:
         },
     )
 
-    init_from: str | None = field(
-        default=None,
-        metadata={
-            "help": "the best/ or final/ folder of a train.objective=lm run: its embedding and RNN weights start "
-            "this model, and its tokenizer is used (trainer/lm.py)"
-        },
-    )
-
     def __post_init__(self) -> None:
         check_choice("model.cell", self.cell, CELLS)
         for key in ("embedding_dim", "hidden_dim", "num_layers"):
@@ -93,32 +85,6 @@ class SentimentRNN(nn.Module):
         # Two classes use a single logit (BCE-with-logits); more use one logit per class.
         self.classifier = nn.Linear(out_dim, 1 if num_labels == 2 else num_labels)
 
-    def encode(
-        self, input_ids: torch.Tensor, lengths: torch.Tensor, keep_reversed: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The top layer's outputs per direction: (forward (B, T, H), backward (B, T, H) or None).
-
-        The backward outputs are in text order, or with ``keep_reversed`` in the order the
-        backward RNN read them (each sequence reversed within its length), as language-model
-        pre-training (trainer/lm.py) wants them. ``lengths`` must be >= 1.
-        """
-        x = self.dropout(self.embedding(input_ids))  # (B, T, E)
-        for i, directions in enumerate(self.layers):
-            if x.is_cuda:  # DDP's buffers can leave the weights non-contiguous; cuDNN wants one chunk
-                for rnn in directions:
-                    rnn.flatten_parameters()
-            if i > 0:
-                x = self.dropout(x)  # between layers, as nn.LSTM(dropout=...) does
-            forward_out, backward_out = directions[0](x)[0], None  # (B, T, H)
-            if len(directions) == 2:
-                backward_out = directions[1](reverse_within_length(x, lengths))[0]
-            last = i == len(self.layers) - 1
-            if backward_out is not None and not (last and keep_reversed):
-                backward_out = reverse_within_length(backward_out, lengths)
-            if not last:
-                x = forward_out if backward_out is None else torch.cat([forward_out, backward_out], dim=-1)
-        return forward_out, backward_out
-
     def forward(
         self, input_ids: torch.Tensor, lengths: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -128,8 +94,18 @@ class SentimentRNN(nn.Module):
         attention weights (B, T) in float32: they sum to 1 over real tokens and are 0 on padding.
         """
         lengths = lengths.clamp(min=1)  # an empty text still gets one (padding) step to attend to
-        forward_out, backward_out = self.encode(input_ids, lengths)
-        x = forward_out if backward_out is None else torch.cat([forward_out, backward_out], dim=-1)
+        x = self.dropout(self.embedding(input_ids))  # (B, T, E)
+        for i, directions in enumerate(self.layers):
+            if x.is_cuda:  # DDP's buffers can leave the weights non-contiguous; cuDNN wants one chunk
+                for rnn in directions:
+                    rnn.flatten_parameters()
+            if i > 0:
+                x = self.dropout(x)  # between layers, as nn.LSTM(dropout=...) does
+            outputs = [directions[0](x)[0]]  # (B, T, H)
+            if len(directions) == 2:
+                reversed_out = directions[1](reverse_within_length(x, lengths))[0]
+                outputs.append(reverse_within_length(reversed_out, lengths))
+            x = torch.cat(outputs, dim=-1)  # (B, T, H * directions)
 
         mask = torch.arange(x.size(1), device=x.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
         # Softmax in float32 with the most negative finite value on padding: no overflow under

@@ -34,7 +34,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from trainer.card import encoder_card, model_card
+from trainer.card import model_card
 from trainer.checkpoint import (
     CHECKPOINTS_DIR,
     TrainState,
@@ -47,7 +47,6 @@ from trainer.checkpoint import (
 from trainer.config import Config, config_reference, load_config, preset_names, to_yaml
 from trainer.data import Coordination, LengthGroupedBatchSampler, PreparedData, build_dataloaders, prepare_data
 from trainer.errors import EXIT_USAGE, UserError, print_error
-from trainer.lm import LanguageModel, frequency_order, lm_loss, load_encoder, resolve_init_from
 from trainer.metrics import METRICS_FOR, MetricsLog, Throughput, classification_metrics, is_better
 from trainer.model import SentimentRNN, class_probabilities, classification_loss
 from trainer.optim import build_optimizer, build_scheduler
@@ -110,18 +109,6 @@ def build_accelerator(config: Config, log_with: list[str], run_dir: Path) -> Acc
         )
     except ValueError as exc:  # e.g. fp16 without a GPU
         raise UserError(f"train.mixed_precision={config.train.mixed_precision}: {exc}") from exc
-
-
-def check_objective(config: Config) -> None:
-    if config.train.objective != "lm":
-        return
-    problem = None
-    if config.checkpoint.best_metric != "loss":
-        problem = f"checkpoint.best_metric={config.checkpoint.best_metric}: a language model is selected by its loss"
-    elif config.model.init_from:
-        problem = "model.init_from starts a classifier from a pre-trained encoder; drop it for train.objective=lm"
-    if problem:
-        raise UserError(problem + " (train.objective=lm)", on_every_rank=True)
 
 
 def resolve_run_dir(config: Config, preset: str, state: PartialState) -> Path:
@@ -234,61 +221,9 @@ def gather_predictions(model: torch.nn.Module, loader, accelerator: Accelerator)
     return torch.cat(probabilities), torch.cat(labels), torch.cat(losses)
 
 
-@torch.no_grad()
-def language_model_metrics(model: torch.nn.Module, loader, accelerator: Accelerator) -> dict:
-    """Loss (mean negative log-likelihood per predicted token) and perplexity, from every process."""
-    training = model.training
-    model.eval()
-    nll, tokens, rows = 0.0, 0, 0
-    for batch in loader:
-        row_nll, row_tokens = accelerator.gather_for_metrics(model(batch["input_ids"], batch["lengths"]))
-        nll, tokens, rows = nll + row_nll.double().sum().item(), tokens + int(row_tokens.sum()), rows + len(row_nll)
-    model.train(training)
-    loss = nll / max(tokens, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens, "n": rows}
-
-
-def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, objective: str = "classify") -> dict:
+def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator) -> dict:
     """Metrics over the whole validation set."""
-    if objective == "lm":
-        return language_model_metrics(model, loader, accelerator)
     return classification_metrics(*gather_predictions(model, loader, accelerator))
-
-
-def training_loss(model: torch.nn.Module, batch: dict, objective: str) -> torch.Tensor:
-    if objective == "lm":
-        return lm_loss(*model(batch["input_ids"], batch["lengths"]))
-    logits = model(batch["input_ids"], batch["lengths"])  # (B, 1) or (B, C)
-    return classification_loss(logits, batch["labels"])
-
-
-def describe(metrics: dict) -> str:
-    if "perplexity" in metrics:
-        return f"loss {metrics['loss']:.4f} perplexity {metrics['perplexity']:.1f}"
-    return f"loss {metrics['loss']:.4f} accuracy {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f}"
-
-
-def summary(metrics: dict) -> str:
-    """The headline metric besides the loss."""
-    if "perplexity" in metrics:
-        return f"perplexity {metrics['perplexity']:.1f}"
-    return f"accuracy {metrics['accuracy']:.4f}"
-
-
-def build_model(config: Config, data: PreparedData, accelerator: Accelerator) -> tuple[torch.nn.Module, dict]:
-    """The classifier, or for ``objective=lm`` its encoder with a language-model head; with its
-    initialisation (word vectors or a pre-trained encoder) as a dict for run_info.json."""
-    model = SentimentRNN(
-        config.model, data.tokenizer.get_vocab_size(), len(data.label_map.names), pad_id(data.tokenizer)
-    )
-    init = {"pretrained_embeddings": pretrained_embeddings(config, model, data, accelerator)}
-    if config.model.init_from:
-        init["init_from"] = {"path": config.model.init_from, "tensors": load_encoder(model, config.model.init_from)}
-        say(accelerator, f"embedding and {config.model.cell.upper()} initialised from {config.model.init_from}")
-    if config.train.objective == "lm":
-        ids = data.train.with_format("arrow")[:]["input_ids"].combine_chunks().flatten().to_numpy()
-        model = LanguageModel(model, frequency_order(torch.from_numpy(ids), data.tokenizer.get_vocab_size()))
-    return model, init
 
 
 def pretrained_embeddings(config: Config, model: SentimentRNN, data: PreparedData, accelerator: Accelerator):
@@ -348,13 +283,8 @@ def setup(config: Config, preset: str) -> Run:
         main_process_first=accelerator.main_process_first,
         from_main=lambda value: broadcast_object_list([value])[0],
     )
-    check_objective(config)
-    resolve_init_from(config.model, config.tokenizer)  # the run then uses the encoder's tokenizer
     data = prepare_data(config.data, config.tokenizer, coordination)
-    if (
-        config.train.objective == "classify"
-        and config.checkpoint.best_metric not in METRICS_FOR[min(len(data.label_map.names), 3)]
-    ):
+    if config.checkpoint.best_metric not in METRICS_FOR[min(len(data.label_map.names), 3)]:
         raise UserError(
             f"checkpoint.best_metric={config.checkpoint.best_metric} needs two classes; "
             f"the data has {len(data.label_map.names)}: use loss, accuracy, precision, recall or f1",
@@ -374,7 +304,10 @@ def setup(config: Config, preset: str) -> Run:
     steps_per_epoch = math.ceil(len(sampler) // accelerator.num_processes / train_cfg.gradient_accumulation_steps)
     total_steps = train_cfg.max_steps or train_cfg.epochs * steps_per_epoch
 
-    model, init = build_model(config, data, accelerator)
+    model = SentimentRNN(
+        config.model, data.tokenizer.get_vocab_size(), len(data.label_map.names), pad_id(data.tokenizer)
+    )
+    embedding_stats = pretrained_embeddings(config, model, data, accelerator)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, total_steps)
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
@@ -407,7 +340,7 @@ def setup(config: Config, preset: str) -> Run:
     info["data_per_rank"] = gather_object([data.stats])
     info |= {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     info["num_parameters"] = sum(p.numel() for p in model.parameters())
-    info |= init
+    info["pretrained_embeddings"] = embedding_stats
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
@@ -462,8 +395,7 @@ def fit(run: Run) -> int:
 
     def validate() -> None:
         nonlocal metrics, last_eval_step, stop
-        metrics = evaluate(model, run.eval_loader, accelerator, config.train.objective)
-        last_eval_step = state.step
+        metrics, last_eval_step = evaluate(model, run.eval_loader, accelerator), state.step
         run.log.write({"epoch": round(state.step / run.steps_per_epoch, 3), **prefixed("eval/", metrics)}, state.step)
         best = state.best_metrics
         if best is None or is_better(metrics[config.checkpoint.best_metric], best[config.checkpoint.best_metric],
@@ -474,7 +406,8 @@ def fit(run: Run) -> int:
         else:
             state.evals_without_improvement += 1
         note(
-            f"step {state.step} epoch {state.step / run.steps_per_epoch:.2f}: validation {describe(metrics)}"
+            f"step {state.step} epoch {state.step / run.steps_per_epoch:.2f}: validation loss {metrics['loss']:.4f} "
+            f"accuracy {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f}"
             + (" (best)" if state.best_step == state.step else "")
         )
         patience = config.checkpoint.early_stopping_patience
@@ -498,7 +431,8 @@ def fit(run: Run) -> int:
             loader = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
         for batch in loader:
             with accelerator.accumulate(model):
-                loss = training_loss(model, batch, config.train.objective)
+                logits = model(batch["input_ids"], batch["lengths"])  # (B, 1) or (B, C)
+                loss = classification_loss(logits, batch["labels"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
@@ -574,7 +508,7 @@ def fit(run: Run) -> int:
     say(
         accelerator,
         f"done in {time.time() - run.started:.0f}s: best validation {config.checkpoint.best_metric} "
-        f"{best[config.checkpoint.best_metric]:.4f} ({summary(best)}, step {state.best_step}) "
+        f"{best[config.checkpoint.best_metric]:.4f} (accuracy {best['accuracy']:.4f}, step {state.best_step}) "
         f"saved to {run.run_dir / 'best'}",
     )
     accelerator.end_training()
@@ -589,13 +523,12 @@ def export(run: Run, name: str, extra: dict) -> None:
     extra = {**extra, "selected_by": selected, "num_parameters": run.info["num_parameters"]}
     yaml_text, config = to_yaml(run.config), asdict(run.config)
 
-    classifier = run.config.train.objective == "classify"
-
     def card(meta: dict) -> str:
-        return (model_card if classifier else encoder_card)(meta, yaml_text, config, run.data.stats)
+        return model_card(meta, yaml_text, config, run.data.stats)
 
-    labels = run.data.label_map.names if classifier else None
-    export_model(run.run_dir / name, model, run.data.tokenizer, labels, run.config.data.max_length, extra, card)
+    export_model(
+        run.run_dir / name, model, run.data.tokenizer, run.data.label_map.names, run.config.data.max_length, extra, card
+    )
 
 
 def draw_plots(run_dir: Path) -> None:
