@@ -504,12 +504,12 @@ def fit(run: Run) -> int:
         write_json(run.run_dir / "run_info.json", run.info)
         if config.logging.plots:
             draw_plots(run.run_dir)
-    best = state.best_metrics
+    best, metric = state.best_metrics, config.checkpoint.best_metric
+    other = "loss" if metric == "accuracy" else "accuracy"
     say(
         accelerator,
-        f"done in {time.time() - run.started:.0f}s: best validation {config.checkpoint.best_metric} "
-        f"{best[config.checkpoint.best_metric]:.4f} (accuracy {best['accuracy']:.4f}, step {state.best_step}) "
-        f"saved to {run.run_dir / 'best'}",
+        f"done in {time.time() - run.started:.0f}s: best validation {metric} {best[metric]:.4f} "
+        f"({other} {best[other]:.4f}, step {state.best_step}) saved to {run.run_dir / 'best'}",
     )
     accelerator.end_training()
     return 0
