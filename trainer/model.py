@@ -33,7 +33,6 @@ class ModelConfig:
     dropout: float = field(
         default=0.5, metadata={"help": "dropout on embeddings, between layers and before the classifier"}
     )
-
     pretrained_embeddings: str | None = field(
         default=None,
         metadata={
