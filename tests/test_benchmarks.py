@@ -35,3 +35,17 @@ def test_gpu_script_refuses_a_machine_without_a_gpu(tmp_path):
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 2 and "no NVIDIA GPU" in done.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_accuracy_script_reports_the_model_asked_for_over_seeds(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    command = [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--no-bow", "--seeds", "1,2", "--report",
+               "final", "--", "--config", "tiny", "--train.epochs=3"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    runs = result["runs"]
+    assert [r["seed"] for r in runs] == [1, 2] and result["reported_model"] == "final"
+    assert runs[0]["final_accuracy"] != runs[1]["final_accuracy"] or runs[0]["best_step"] != runs[1]["best_step"]
+    assert result["accuracy_mean"] == round((runs[0]["final_accuracy"] + runs[1]["final_accuracy"]) / 2, 4)
+    assert result["accuracy_mean"] == result["final_accuracy_mean"]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, read_json, read_jsonl, run_cli
+from conftest import REPO, evaluate_export, read_json, read_jsonl, run_cli
 from test_distributed import launcher
 
 from trainer.checkpoint import MANIFEST_NAME, _sha256
@@ -60,6 +60,31 @@ def test_killed_and_resumed_run_ends_bit_for_bit_equal(reference, tmp_path):
     assert digest(run) == digest(reference)
     assert steps_logged(run) == steps_logged(reference), "each step logged once"
     assert read_json(run / "run_info.json")["final_metrics"] == read_json(reference / "run_info.json")["final_metrics"]
+
+
+def test_weight_average_is_validated_exported_and_resumed_exactly(reference, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(straight, "--train.ema_decay=0.9")
+    # Training itself is unchanged (the same weights at the last checkpoint as without averaging);
+    # what is validated and exported is the average, which differs from the trained weights.
+    last = "checkpoints/step-00000032/model.safetensors"
+    assert (straight / last).read_bytes() == (reference / last).read_bytes()
+    assert digest(straight) != digest(reference)
+    info = read_json(straight / "run_info.json")
+    assert info["final_metrics"] != read_json(reference / "run_info.json")["final_metrics"]
+    alone = evaluate_export(straight / "final", straight)
+    assert alone["accuracy"] == info["final_metrics"]["accuracy"]
+    assert alone["loss"] == pytest.approx(info["final_metrics"]["loss"], abs=1e-6)
+    assert "exponential moving average of the trained ones (decay 0.9)" in (straight / "final/README.md").read_text()
+    assert "moving average" not in (reference / "final/README.md").read_text()
+    # The average is part of the checkpoint: a killed and resumed run ends with the same one.
+    train(resumed, "--train.ema_decay=0.9", env=faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    assert (resumed / "checkpoints/step-00000008/custom_checkpoint_0.pkl").is_file()
+    train(resumed, "--train.ema_decay=0.9", "--resume", "auto")
+    assert digest(resumed) == digest(straight)
+    # Resuming with another decay (or none) would mix two averages: refused.
+    result = train(straight, "--resume", str(straight / "checkpoints/step-00000032"), expect=2)
+    assert "was made with another setup (ema_decay 0.9 -> 0.0)" in result.stderr
 
 
 def test_kill_during_a_save_keeps_the_previous_checkpoint(reference, tmp_path):

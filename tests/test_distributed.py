@@ -106,8 +106,10 @@ def test_every_example_once_per_epoch_across_processes_and_reproducible(tmp_path
     assert first == second, "the same order from the same seed"
 
 
-def test_one_process_with_batch_b_matches_two_with_b_over_2(tmp_path):
+@pytest.mark.parametrize("averaged", [False, True], ids=["weights", "moving-average"])
+def test_one_process_with_batch_b_matches_two_with_b_over_2(tmp_path, averaged):
     common = ["--model.dropout=0", "--train.epochs=2", "--logging.tracker=none", "--optim.lr=1e-2"]
+    common += ["--train.ema_decay=0.8"] if averaged else []
     one = tmp_path / "one"
     run_cli(["--config", "tiny", *common, "--train.batch_size=32", f"--train.output_dir={one}"], cwd=tmp_path)
     launch([*common, "--train.batch_size=16", f"--train.output_dir={tmp_path / 'two'}"], tmp_path)
@@ -118,6 +120,7 @@ def test_one_process_with_batch_b_matches_two_with_b_over_2(tmp_path):
     # Same examples per step, same seed; only float summation order (and the last, uneven step) differ.
     assert b["final_metrics"]["loss"] == pytest.approx(a["final_metrics"]["loss"], abs=2e-3)
     assert b["final_metrics"]["accuracy"] == pytest.approx(a["final_metrics"]["accuracy"], abs=1 / 60 + 1e-9)
+    assert len(set(b["weight_digests"])) == 1, "every process ends with the same (averaged) weights"
 
 
 def test_schedule_steps_once_per_optimizer_step_with_processes_and_accumulation(tmp_path):

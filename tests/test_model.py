@@ -111,3 +111,29 @@ def test_word_vectors_initialise_the_embedding_rows_they_cover(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 1 2 3\n".encode("latin-1"))
     with pytest.raises(UserError, match="not UTF-8"):
         load_word_vectors(tmp_path / "latin1.txt", tokenizer, 3)
+
+
+def test_embedding_dropout_drops_a_word_at_every_position_and_only_in_training():
+    torch.manual_seed(0)
+    config = ModelConfig(embedding_dim=8, hidden_dim=8, num_layers=1, dropout=0.0, embedding_dropout=0.5)
+    model = SentimentRNN(config, vocab_size=40, num_labels=2).train()
+    ids = torch.arange(1, 40).repeat(3).view(3, 39)  # every word three times, once per row
+    plain = model.embedding(ids)
+    out = model.embed(ids)
+    kept = (out != 0).any(-1)  # (3, 39)
+    assert torch.equal(kept, kept[:1].expand_as(kept)), "a word must be kept or dropped in every row alike"
+    assert 5 < int((~kept[0]).sum()) < 34, "about half the words are dropped"
+    torch.testing.assert_close(out[kept], 2 * plain[kept])  # the kept ones are scaled by 1 / (1 - p)
+    assert torch.equal(model.eval().embed(ids), plain)
+
+
+def test_locked_dropout_shares_one_mask_across_time_steps():
+    torch.manual_seed(0)
+    config = ModelConfig(embedding_dim=8, hidden_dim=8, num_layers=1, dropout=0.5, locked_dropout=True)
+    model = SentimentRNN(config, vocab_size=40, num_labels=2).train()
+    out = model.sequence_dropout(torch.ones(4, 30, 64))
+    assert torch.equal(out, out[:, :1].expand_as(out)), "the same units are dropped at every step"
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+    assert not torch.equal(out[0], out[1]), "each sequence draws its own mask"
+    unlocked = SentimentRNN(ModelConfig(embedding_dim=8, hidden_dim=8, num_layers=1, dropout=0.5), 40, 2).train()
+    assert not torch.equal(*unlocked.sequence_dropout(torch.ones(1, 2, 64))[0]), "default dropout varies by step"

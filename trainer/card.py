@@ -31,6 +31,8 @@ def model_card(meta: dict, config_yaml: str, config: dict, stats: dict) -> str:
         else f"| {name} | {metrics[name]} |"
         for name in METRIC_ORDER if name in metrics
     ]  # fmt: skip
+    decay = config["train"].get("ema_decay")
+    averaged = f"\nThe weights are an exponential moving average of the trained ones (decay {decay})." if decay else ""
     validation = "carved from the training data" if stats.get("validation_carved") else "the given validation split"
     return f"""# Sentiment classifier: {kind} with attention
 
@@ -46,7 +48,7 @@ Labels: {", ".join(f"`{name}`" for name in labels)}. Trained with sentiment-trai
 ## Model
 
 Embedding {model["embedding_dim"]} → dropout → {kind} (hidden size {model["hidden_dim"]} per direction)
-→ masked additive attention → dropout → linear; {meta.get("num_parameters", "?")} parameters.
+→ masked additive attention → dropout → linear; {meta.get("num_parameters", "?")} parameters.{averaged}
 
 ## Validation metrics
 

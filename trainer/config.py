@@ -49,6 +49,13 @@ class TrainConfig:
     eval_every_steps: int = field(default=0, metadata={"help": "also validate every N optimizer steps (0 = off)"})
     log_every_steps: int = field(default=10, metadata={"help": "log training metrics every N optimizer steps"})
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "validate and export an exponential moving average of the weights, updated every optimizer "
+            "step with this decay (e.g. 0.999; 0 = off: the trained weights themselves)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mixed_precision == "False":  # `mixed_precision: no` unquoted in a YAML file
@@ -61,6 +68,7 @@ class TrainConfig:
             if getattr(self, key) is not None:
                 check_range(f"train.{key}", getattr(self, key), 1)
         check_range("train.eval_every_steps", self.eval_every_steps, 0)
+        check_range("train.ema_decay", self.ema_decay, 0.0, 0.999999)
 
 
 @dataclass

@@ -33,6 +33,14 @@ class ModelConfig:
     dropout: float = field(
         default=0.5, metadata={"help": "dropout on embeddings, between layers and before the classifier"}
     )
+    embedding_dropout: float = field(
+        default=0.0,
+        metadata={"help": "drop whole vocabulary entries: a dropped word is zero at every position in the batch"},
+    )
+    locked_dropout: bool = field(
+        default=False,
+        metadata={"help": "one dropout mask per sequence on embeddings and between layers, shared by all steps"},
+    )
     pretrained_embeddings: str | None = field(
         default=None,
         metadata={
@@ -46,6 +54,7 @@ class ModelConfig:
         for key in ("embedding_dim", "hidden_dim", "num_layers"):
             check_range(f"model.{key}", getattr(self, key), 1)
         check_range("model.dropout", self.dropout, 0.0, 0.99)
+        check_range("model.embedding_dropout", self.embedding_dropout, 0.0, 0.99)
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -93,13 +102,13 @@ class SentimentRNN(nn.Module):
         attention weights (B, T) in float32: they sum to 1 over real tokens and are 0 on padding.
         """
         lengths = lengths.clamp(min=1)  # an empty text still gets one (padding) step to attend to
-        x = self.dropout(self.embedding(input_ids))  # (B, T, E)
+        x = self.sequence_dropout(self.embed(input_ids))  # (B, T, E)
         for i, directions in enumerate(self.layers):
             if x.is_cuda:  # DDP's buffers can leave the weights non-contiguous; cuDNN wants one chunk
                 for rnn in directions:
                     rnn.flatten_parameters()
             if i > 0:
-                x = self.dropout(x)  # between layers, as nn.LSTM(dropout=...) does
+                x = self.sequence_dropout(x)  # between layers, as nn.LSTM(dropout=...) does
             outputs = [directions[0](x)[0]]  # (B, T, H)
             if len(directions) == 2:
                 reversed_out = directions[1](reverse_within_length(x, lengths))[0]
@@ -115,6 +124,27 @@ class SentimentRNN(nn.Module):
         context = torch.bmm(weights.unsqueeze(1).to(x.dtype), x).squeeze(1)  # (B, H * directions)
         logits = self.classifier(self.dropout(context))
         return (logits, weights) if return_attention else logits
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings; in training, each vocabulary entry is dropped with ``embedding_dropout``.
+
+        One mask over the vocabulary per batch (Gal & Ghahramani 2016; AWD-LSTM's embedding
+        dropout): a dropped word vanishes everywhere it occurs, the kept ones are scaled by 1/(1-p).
+        """
+        x = self.embedding(input_ids)
+        p = self.config.embedding_dropout
+        if not self.training or p == 0:
+            return x
+        keep = torch.empty(self.embedding.num_embeddings, 1, device=x.device).bernoulli_(1 - p) / (1 - p)
+        return x * F.embedding(input_ids, keep).to(x.dtype)  # (B, T, 1) mask gathered per token
+
+    def sequence_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout on (B, T, D) inputs to a recurrent layer: per element, or locked (one mask per sequence)."""
+        p = self.dropout.p
+        if not self.config.locked_dropout or not self.training or p == 0:
+            return self.dropout(x)
+        keep = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - p) / (1 - p)
+        return x * keep
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object, set_seed
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -266,7 +267,12 @@ class Run:
     total_steps: int
     steps_per_epoch: int
     state: TrainState
+    ema: AveragedModel | None = None  # the moving average of the weights, with train.ema_decay
     started: float = field(default_factory=time.time)
+
+    def weights(self) -> SentimentRNN:
+        """The model validated and exported: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
 
 
 def setup(config: Config, preset: str) -> Run:
@@ -314,10 +320,15 @@ def setup(config: Config, preset: str) -> Run:
         model, optimizer, train_loader, eval_loader, scheduler
     )
 
+    ema = None
+    if train_cfg.ema_decay:  # identical on every process, like the weights it follows
+        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay))
+        accelerator.register_for_checkpointing(ema)  # saved and restored with the checkpoints
+
     state = TrainState(setup={
         "world_size": accelerator.num_processes, "batch_size": train_cfg.batch_size,
         "gradient_accumulation_steps": train_cfg.gradient_accumulation_steps, "seed": train_cfg.seed,
-        "train_examples": len(data.train),
+        "train_examples": len(data.train), "ema_decay": train_cfg.ema_decay,
     })  # fmt: skip
     resume_from = None
     if config.checkpoint.resume != "none":
@@ -376,7 +387,7 @@ def setup(config: Config, preset: str) -> Run:
     if tracker_note:
         say(accelerator, tracker_note)
     return Run(config, accelerator, run_dir, data, model, optimizer, scheduler, train_loader, eval_loader,
-               sampler, log, info, total_steps, steps_per_epoch, state)  # fmt: skip
+               sampler, log, info, total_steps, steps_per_epoch, state, ema)  # fmt: skip
 
 
 def fit(run: Run) -> int:
@@ -395,7 +406,9 @@ def fit(run: Run) -> int:
 
     def validate() -> None:
         nonlocal metrics, last_eval_step, stop
-        metrics, last_eval_step = evaluate(model, run.eval_loader, accelerator), state.step
+        validated = model if run.ema is None else run.ema.module
+        with accelerator.autocast():  # as prepare() wraps the model's forward; the average is not wrapped
+            metrics, last_eval_step = evaluate(validated, run.eval_loader, accelerator), state.step
         run.log.write({"epoch": round(state.step / run.steps_per_epoch, 3), **prefixed("eval/", metrics)}, state.step)
         best = state.best_metrics
         if best is None or is_better(metrics[config.checkpoint.best_metric], best[config.checkpoint.best_metric],
@@ -446,6 +459,8 @@ def fit(run: Run) -> int:
                 continue
             if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
                 run.scheduler.step()
+                if run.ema is not None:
+                    run.ema.update_parameters(accelerator.unwrap_model(model))
             state.step += 1
             progress.update(1)
             if state.step % config.train.log_every_steps == 0 or state.step == run.total_steps:
@@ -494,7 +509,7 @@ def fit(run: Run) -> int:
         accelerator.end_training()
         return 128 + stop_signum
 
-    digests = gather_object([state_digest(accelerator.unwrap_model(model))])
+    digests = gather_object([state_digest(run.weights())])
     if accelerator.is_main_process:
         if config.checkpoint.save_final:
             export(run, "final", {"step": state.step, "metrics": metrics})
@@ -517,7 +532,7 @@ def fit(run: Run) -> int:
 
 def export(run: Run, name: str, extra: dict) -> None:
     """best/ or final/: weights, config.json, tokenizer and a model card."""
-    model = run.accelerator.unwrap_model(run.model)
+    model = run.weights()
     metric = run.config.checkpoint.best_metric
     selected = f"the best validation {metric} of the run" if name == "best" else "the last step of the run"
     extra = {**extra, "selected_by": selected, "num_parameters": run.info["num_parameters"]}
