@@ -12,6 +12,7 @@ import pytest
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from conftest import REPO, read_json
+from test_distributed import free_port
 
 CONFIGS = REPO / "accelerate_configs"
 
@@ -75,7 +76,7 @@ def slurm_stand_ins(tmp_path: Path) -> dict:
         "SLURM_JOB_NODELIST": "node[1-2]",
         "SLURM_NNODES": "2",
         "GPUS_PER_NODE": "1",
-        "HEAD_PORT": str(29600 + os.getpid() % 300),
+        "HEAD_PORT": str(free_port()),
         "REQUEUE_LOG": str(tmp_path / "requeued"),
         "SRUN_PID_FILE": str(tmp_path / "srun.pid"),
     }
@@ -118,7 +119,9 @@ def test_slurm_time_limit_signal_checkpoints_requeues_and_the_next_job_resumes(t
     assert "stopped by signal SIGTERM" in out, err[-3000:]
     assert (tmp_path / "requeued").read_text().split() == ["4242"]
     assert list((run / "checkpoints").iterdir())
-    # The requeued job: the same command, which resumes.
+    # The requeued job: the same command, which resumes. On a real cluster it runs on fresh nodes;
+    # here on the same host, so on a fresh port: the killed job's rendezvous may still hold the old one.
+    env["HEAD_PORT"] = str(free_port())
     result = subprocess.run([*command, "--train.epochs=2"], env=env, cwd=tmp_path, capture_output=True, text=True,
                             timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
