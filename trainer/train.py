@@ -406,9 +406,8 @@ def fit(run: Run) -> int:
 
     def validate() -> None:
         nonlocal metrics, last_eval_step, stop
-        validated = model if run.ema is None else run.ema.module
         with accelerator.autocast():  # as prepare() wraps the model's forward; the average is not wrapped
-            metrics, last_eval_step = evaluate(validated, run.eval_loader, accelerator), state.step
+            metrics, last_eval_step = evaluate(run.weights(), run.eval_loader, accelerator), state.step
         run.log.write({"epoch": round(state.step / run.steps_per_epoch, 3), **prefixed("eval/", metrics)}, state.step)
         best = state.best_metrics
         if best is None or is_better(metrics[config.checkpoint.best_metric], best[config.checkpoint.best_metric],
