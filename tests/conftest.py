@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,52 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, launcher: list[
     command = (launcher or [sys.executable]) + ["-m", "trainer", *args]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def start(command: list[str], cwd: Path, env: dict) -> subprocess.Popen:
+    """A launcher in its own process group, its output in files (a pipe nobody reads can block it)."""
+    out, err = (tempfile.TemporaryFile("w+", encoding="utf-8") for _ in range(2))  # noqa: SIM115 (closed by wait_all)
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, text=True, start_new_session=True)
+    proc.outputs = (out, err)
+    return proc
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[str, str]]:
+    """(stdout, stderr) of processes from start(), once all have exited.
+
+    When one fails, or the timeout passes, the others are stopped with everything they started,
+    and the test fails with the end of each one's stderr: a launcher waiting for a peer that is
+    gone would otherwise sit out its own timeouts.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        codes = [p.poll() for p in procs]
+        if None not in codes or any(codes):
+            break
+        time.sleep(0.2)
+    stopped = [p for p in procs if p.poll() is None]
+    why = "a process failed" if any(p.returncode for p in procs) else f"still running after {timeout}s"
+    for p in stopped:  # SIGTERM first: a launcher then stops its workers (in sessions of their own)
+        os.killpg(p.pid, signal.SIGTERM)
+    for p in stopped:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    outputs = []
+    for p in procs:
+        for f in p.outputs:
+            f.seek(0)
+        outputs.append(tuple(f.read() for f in p.outputs))
+        for f in p.outputs:
+            f.close()
+    if stopped:
+        ends = ["stopped" if p in stopped else f"exit {p.returncode}" for p in procs]
+        tails = "\n".join(f"--- process {i} ({end}) ---\n{err[-2500:]}"
+                          for i, (end, (_, err)) in enumerate(zip(ends, outputs, strict=True)))  # fmt: skip
+        pytest.fail(f"{why}:\n{tails}")
+    return outputs
 
 
 def read_json(path: Path) -> dict:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, evaluate_export, read_json, read_jsonl, run_cli
+from conftest import REPO, evaluate_export, read_json, read_jsonl, run_cli, start, wait_all
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).parent
@@ -169,15 +169,15 @@ def test_two_nodes_on_one_machine(tmp_path):
                    "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
                    "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trainer", "--config", "tiny",
                    "--logging.tracker=none", f"--train.output_dir={run}"]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        procs.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    outputs = [p.communicate(timeout=300) for p in procs]
+        # LOGLEVEL=INFO: the launchers log their rendezvous and exit barrier, for a failure report.
+        procs.append(start(command, tmp_path, {**os.environ, "PYTHONPATH": str(REPO), "LOGLEVEL": "INFO"}))
+    outputs = wait_all(procs, timeout=300)
     for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err.decode()[-3000:]
+        assert p.returncode == 0, err[-3000:]
     info = read_json(run / "run_info.json")
     assert info["world_size"] == 2
     assert info["weight_digests"][0] == info["weight_digests"][1]
-    assert b"run folder" in outputs[0][0] and b"run folder" not in outputs[1][0]
+    assert "run folder" in outputs[0][0] and "run folder" not in outputs[1][0]
 
 
 def test_word_vectors_read_by_the_main_process_reach_every_process(tmp_path):

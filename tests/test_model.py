@@ -1,8 +1,10 @@
+import copy
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from trainer.model import ModelConfig, SentimentRNN, class_probabilities, classification_loss, reverse_within_length
 
@@ -137,3 +139,25 @@ def test_locked_dropout_shares_one_mask_across_time_steps():
     assert not torch.equal(out[0], out[1]), "each sequence draws its own mask"
     unlocked = SentimentRNN(ModelConfig(embedding_dim=8, hidden_dim=8, num_layers=1, dropout=0.5), 40, 2).train()
     assert not torch.equal(*unlocked.sequence_dropout(torch.ones(1, 2, 64))[0]), "default dropout varies by step"
+
+
+def test_weight_drop_masks_the_recurrent_matrix_once_per_batch_and_only_in_training():
+    config = ModelConfig(embedding_dim=8, hidden_dim=16, num_layers=1, dropout=0.0, weight_drop=0.5)
+    model = SentimentRNN(config, vocab_size=40, num_labels=2).train()
+    rnn, x = model.layers[0][0], torch.randn(3, 12, 8)
+    torch.manual_seed(1)
+    out = model.recur(rnn, x)
+    torch.manual_seed(1)  # the same draw, by hand: one mask on weight_hh for the whole batch
+    dropped = F.dropout(rnn.weight_hh_l0.detach(), 0.5)
+    assert 0.3 < (dropped == 0).float().mean() < 0.7
+    by_hand = copy.deepcopy(rnn)
+    with torch.no_grad():
+        by_hand.weight_hh_l0.copy_(dropped)
+    torch.testing.assert_close(out, by_hand(x)[0])
+    plain = rnn(x)[0]
+    torch.testing.assert_close(out[:, 0], plain[:, 0])  # the first step has no recurrent input
+    assert not torch.allclose(out[:, 1:], plain[:, 1:])
+    out.sum().backward()
+    assert torch.equal(rnn.weight_hh_l0.grad == 0, dropped == 0), "dropped weights get no gradient"
+    assert (rnn.weight_ih_l0.grad != 0).all(), "input weights are not dropped"
+    assert torch.equal(model.eval().recur(rnn, x), plain)

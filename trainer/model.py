@@ -41,6 +41,10 @@ class ModelConfig:
         default=False,
         metadata={"help": "one dropout mask per sequence on embeddings and between layers, shared by all steps"},
     )
+    weight_drop: float = field(
+        default=0.0,
+        metadata={"help": "drop recurrent (hidden-to-hidden) weights, one mask per batch (AWD-LSTM's DropConnect)"},
+    )
     pretrained_embeddings: str | None = field(
         default=None,
         metadata={
@@ -55,6 +59,7 @@ class ModelConfig:
             check_range(f"model.{key}", getattr(self, key), 1)
         check_range("model.dropout", self.dropout, 0.0, 0.99)
         check_range("model.embedding_dropout", self.embedding_dropout, 0.0, 0.99)
+        check_range("model.weight_drop", self.weight_drop, 0.0, 0.99)
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -109,9 +114,9 @@ class SentimentRNN(nn.Module):
                     rnn.flatten_parameters()
             if i > 0:
                 x = self.sequence_dropout(x)  # between layers, as nn.LSTM(dropout=...) does
-            outputs = [directions[0](x)[0]]  # (B, T, H)
+            outputs = [self.recur(directions[0], x)]  # (B, T, H)
             if len(directions) == 2:
-                reversed_out = directions[1](reverse_within_length(x, lengths))[0]
+                reversed_out = self.recur(directions[1], reverse_within_length(x, lengths))
                 outputs.append(reverse_within_length(reversed_out, lengths))
             x = torch.cat(outputs, dim=-1)  # (B, T, H * directions)
 
@@ -137,6 +142,18 @@ class SentimentRNN(nn.Module):
             return x
         keep = torch.empty(self.embedding.num_embeddings, 1, device=x.device).bernoulli_(1 - p) / (1 - p)
         return x * F.embedding(input_ids, keep).to(x.dtype)  # (B, T, 1) mask gathered per token
+
+    def recur(self, rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
+        """One layer and direction over (B, T, D); in training, its recurrent weights are dropped with ``weight_drop``.
+
+        DropConnect on the hidden-to-hidden matrix (Wan et al. 2013; AWD-LSTM's weight drop): one
+        mask per batch, shared by every time step and sequence; the kept weights are scaled by 1/(1-p).
+        """
+        p = self.config.weight_drop
+        if not self.training or p == 0:
+            return rnn(x)[0]
+        dropped = {"weight_hh_l0": F.dropout(rnn.weight_hh_l0, p)}
+        return torch.func.functional_call(rnn, dropped, (x,))[0]
 
     def sequence_dropout(self, x: torch.Tensor) -> torch.Tensor:
         """Dropout on (B, T, D) inputs to a recurrent layer: per element, or locked (one mask per sequence)."""

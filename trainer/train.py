@@ -505,7 +505,7 @@ def fit(run: Run) -> int:
         requeued = Preemption.requeue() if accelerator.is_main_process else None
         say(accelerator, f"stopped by {stop} at step {state.step}; resume with --checkpoint.resume=auto"
             + (f" ({requeued})" if requeued else ""))  # fmt: skip
-        accelerator.end_training()
+        leave_together(accelerator)
         return 128 + stop_signum
 
     digests = gather_object([state_digest(run.weights())])
@@ -525,8 +525,16 @@ def fit(run: Run) -> int:
         f"done in {time.time() - run.started:.0f}s: best validation {metric} {best[metric]:.4f} "
         f"({other} {best[other]:.4f}, step {state.best_step}) saved to {run.run_dir / 'best'}",
     )
-    accelerator.end_training()
+    leave_together(accelerator)
     return 0
+
+
+def leave_together(accelerator: Accelerator) -> None:
+    """No process exits before the main one has written the run (or requeued the job): after a
+    signal every process exits non-zero, and the first to go gets the others stopped (by torchrun,
+    and by SLURM's --kill-on-bad-exit across nodes), main process included."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 def export(run: Run, name: str, extra: dict) -> None:
