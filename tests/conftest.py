@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,12 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, launcher: list[
     command = (launcher or [sys.executable]) + ["-m", "trainer", *args]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start(command: list[str], cwd: Path, env: dict) -> subprocess.Popen:

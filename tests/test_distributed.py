@@ -8,24 +8,17 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, evaluate_export, read_json, read_jsonl, run_cli, start, wait_all
+from conftest import REPO, evaluate_export, free_port, read_json, read_jsonl, run_cli, start, wait_all
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).parent
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launcher(num_processes: int, *extra: str) -> list[str]:

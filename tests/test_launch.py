@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
-from conftest import REPO, read_json, start, wait_all
-from test_distributed import free_port
+from conftest import REPO, free_port, read_json, start, wait_all
 
 CONFIGS = REPO / "accelerate_configs"
 

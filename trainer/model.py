@@ -140,7 +140,7 @@ class SentimentRNN(nn.Module):
         p = self.config.embedding_dropout
         if not self.training or p == 0:
             return x
-        keep = torch.empty(self.embedding.num_embeddings, 1, device=x.device).bernoulli_(1 - p) / (1 - p)
+        keep = F.dropout(torch.ones(self.embedding.num_embeddings, 1, device=x.device), p)  # 0 or 1/(1-p)
         return x * F.embedding(input_ids, keep).to(x.dtype)  # (B, T, 1) mask gathered per token
 
     def recur(self, rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
@@ -160,8 +160,7 @@ class SentimentRNN(nn.Module):
         p = self.dropout.p
         if not self.config.locked_dropout or not self.training or p == 0:
             return self.dropout(x)
-        keep = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - p) / (1 - p)
-        return x * keep
+        return x * F.dropout(x.new_ones(x.size(0), 1, x.size(2)), p)  # (B, 1, D): one mask per sequence
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
