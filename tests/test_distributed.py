@@ -99,10 +99,14 @@ def test_every_example_once_per_epoch_across_processes_and_reproducible(tmp_path
     assert first == second, "the same order from the same seed"
 
 
-@pytest.mark.parametrize("averaged", [False, True], ids=["weights", "moving-average"])
-def test_one_process_with_batch_b_matches_two_with_b_over_2(tmp_path, averaged):
+@pytest.mark.parametrize(
+    "option",
+    [None, "--train.ema_decay=0.8", "--train.adversarial_epsilon=1"],
+    ids=["weights", "moving-average", "adversarial"],
+)
+def test_one_process_with_batch_b_matches_two_with_b_over_2(tmp_path, option):
     common = ["--model.dropout=0", "--train.epochs=2", "--logging.tracker=none", "--optim.lr=1e-2"]
-    common += ["--train.ema_decay=0.8"] if averaged else []
+    common += [option] if option else []
     one = tmp_path / "one"
     run_cli(["--config", "tiny", *common, "--train.batch_size=32", f"--train.output_dir={one}"], cwd=tmp_path)
     launch([*common, "--train.batch_size=16", f"--train.output_dir={tmp_path / 'two'}"], tmp_path)

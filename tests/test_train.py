@@ -261,3 +261,30 @@ def test_a_word_vector_file_of_the_wrong_size_is_a_one_line_error(tmp_path, caps
     vectors.write_text("film 0.1 0.2 0.3\n")
     err = bad_run(tmp_path, capsys, f"--model.pretrained_embeddings={vectors}")
     assert "3-dimensional vectors and model.embedding_dim is 16; set --model.embedding_dim=3" in err
+
+
+def test_adversarial_loss_adds_the_loss_at_embeddings_moved_uphill_by_epsilon():
+    from accelerate import Accelerator
+
+    from trainer.model import ModelConfig, SentimentRNN, classification_loss
+    from trainer.train import training_loss
+
+    torch.manual_seed(0)
+    model = SentimentRNN(ModelConfig(embedding_dim=8, hidden_dim=8, num_layers=1, dropout=0.0), 30, 2)
+    batch = {"input_ids": torch.randint(1, 30, (4, 6)), "lengths": torch.tensor([6, 3, 5, 1])}
+    batch["labels"] = torch.tensor([0, 1, 1, 0])
+    accelerator = Accelerator(cpu=True)
+    clean = training_loss(model, batch, accelerator, 0.0)
+    total = training_loss(model, batch, accelerator, 0.5)
+    assert all(p.grad is None for p in model.parameters()), "finding the perturbation leaves .grad alone"
+
+    embeddings = model.embed(batch["input_ids"]).detach().requires_grad_()
+    by_hand = classification_loss(model(batch["input_ids"], batch["lengths"], embeddings=embeddings), batch["labels"])
+    (gradient,) = torch.autograd.grad(by_hand, embeddings)
+    norms = gradient.flatten(1).norm(dim=1).view(-1, 1, 1)
+    moved = embeddings.detach() + 0.5 * gradient / norms  # each sequence moved 0.5 in L2
+    adversarial = classification_loss(model(batch["input_ids"], batch["lengths"], embeddings=moved), batch["labels"])
+    torch.testing.assert_close(total, clean + adversarial)
+    assert adversarial > clean, "the perturbation goes uphill"
+    total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

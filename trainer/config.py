@@ -56,6 +56,13 @@ class TrainConfig:
             "step with this decay (e.g. 0.999; 0 = off: the trained weights themselves)"
         },
     )
+    adversarial_epsilon: float = field(
+        default=0.0,
+        metadata={
+            "help": "adversarial training: add the loss on embeddings moved by this L2 norm per sequence along "
+            "the loss gradient (Miyato et al. 2017; about 2x the compute per step; 0 = off)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mixed_precision == "False":  # `mixed_precision: no` unquoted in a YAML file
@@ -69,6 +76,7 @@ class TrainConfig:
                 check_range(f"train.{key}", getattr(self, key), 1)
         check_range("train.eval_every_steps", self.eval_every_steps, 0)
         check_range("train.ema_decay", self.ema_decay, 0.0, 0.999999)
+        check_range("train.adversarial_epsilon", self.adversarial_epsilon, 0.0)
 
 
 @dataclass

@@ -99,15 +99,22 @@ class SentimentRNN(nn.Module):
         self.classifier = nn.Linear(out_dim, 1 if num_labels == 2 else num_labels)
 
     def forward(
-        self, input_ids: torch.Tensor, lengths: torch.Tensor, return_attention: bool = False
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        return_attention: bool = False,
+        embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """input_ids: (B, T) right-padded, lengths: (B,) real tokens per row.
+
+        ``embeddings`` (B, T, E), when given, replaces ``embed(input_ids)``: adversarial training
+        runs the model on perturbed embeddings.
 
         Returns logits (B, 1) for two classes or (B, C), and with ``return_attention`` also the
         attention weights (B, T) in float32: they sum to 1 over real tokens and are 0 on padding.
         """
         lengths = lengths.clamp(min=1)  # an empty text still gets one (padding) step to attend to
-        x = self.sequence_dropout(self.embed(input_ids))  # (B, T, E)
+        x = self.sequence_dropout(self.embed(input_ids) if embeddings is None else embeddings)  # (B, T, E)
         for i, directions in enumerate(self.layers):
             if x.is_cuda:  # DDP's buffers can leave the weights non-contiguous; cuDNN wants one chunk
                 for rnn in directions:

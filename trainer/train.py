@@ -99,12 +99,13 @@ def build_accelerator(config: Config, log_with: list[str], run_dir: Path) -> Acc
             step_scheduler_with_optimizer=False,
             # Every parameter gets a gradient every step: no unused-parameter search, gradients that
             # alias DDP's buckets (one copy less), and a static graph, except under accumulation,
-            # whose no_sync micro-steps static_graph does not support (torch 2.13 asserts).
+            # whose no_sync micro-steps static_graph does not support (torch 2.13 asserts), and under
+            # adversarial training, whose gradient for the perturbation goes back through DDP's output.
             kwargs_handlers=[
                 DistributedDataParallelKwargs(
                     find_unused_parameters=False,
                     gradient_as_bucket_view=True,
-                    static_graph=config.train.gradient_accumulation_steps == 1,
+                    static_graph=config.train.gradient_accumulation_steps == 1 and not config.train.adversarial_epsilon,
                 )
             ],
         )
@@ -220,6 +221,28 @@ def gather_predictions(model: torch.nn.Module, loader, accelerator: Accelerator)
             store.append(tensor.cpu())
     model.train(training)
     return torch.cat(probabilities), torch.cat(labels), torch.cat(losses)
+
+
+def training_loss(model: torch.nn.Module, batch: dict, accelerator: Accelerator, epsilon: float) -> torch.Tensor:
+    """The classification loss; with ``epsilon``, plus the loss on adversarially perturbed embeddings.
+
+    Adversarial training (Miyato et al. 2017): each sequence's embeddings move by ``epsilon`` (L2
+    norm over the whole sequence) along the gradient of its loss, and the loss there is added. The
+    perturbed pass runs on the unwrapped model inside the same graph, so DDP sees one forward and
+    one backward per step, and every gradient is reduced once.
+    """
+    input_ids, lengths, labels = batch["input_ids"], batch["lengths"], batch["labels"]
+    if not epsilon:
+        return classification_loss(model(input_ids, lengths), labels)
+    net = accelerator.unwrap_model(model)
+    embeddings = net.embed(input_ids)  # (B, T, E)
+    loss = classification_loss(model(input_ids, lengths, embeddings=embeddings), labels)
+    scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0  # no fp16 underflow
+    (gradient,) = torch.autograd.grad(loss * scale, embeddings, retain_graph=True)  # parameters untouched
+    direction = torch.nn.functional.normalize(gradient.float().flatten(1), dim=1).view_as(gradient)
+    with accelerator.autocast():
+        logits = net(input_ids, lengths, embeddings=embeddings + epsilon * direction.to(embeddings.dtype))
+    return loss + classification_loss(logits, labels)
 
 
 def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator) -> dict:
@@ -443,8 +466,7 @@ def fit(run: Run) -> int:
             loader = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
         for batch in loader:
             with accelerator.accumulate(model):
-                logits = model(batch["input_ids"], batch["lengths"])  # (B, 1) or (B, C)
-                loss = classification_loss(logits, batch["labels"])
+                loss = training_loss(model, batch, accelerator, config.train.adversarial_epsilon)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
