@@ -100,7 +100,8 @@ def build_accelerator(config: Config, log_with: list[str], run_dir: Path) -> Acc
             # Every parameter gets a gradient every step: no unused-parameter search, gradients that
             # alias DDP's buckets (one copy less), and a static graph, except under accumulation,
             # whose no_sync micro-steps static_graph does not support (torch 2.13 asserts), and under
-            # adversarial training, whose gradient for the perturbation goes back through DDP's output.
+            # adversarial training: a static graph's first step would queue its all-reduce at the end of
+            # the backward pass that finds the perturbation, before any parameter has a gradient.
             kwargs_handlers=[
                 DistributedDataParallelKwargs(
                     find_unused_parameters=False,
