@@ -6,9 +6,11 @@ import pytest
 import torch
 import wandb_records
 import yaml
+from accelerate import Accelerator
 from conftest import evaluate_export, read_json, read_jsonl, review_rows, run_cli, write_csv
 
-from trainer.train import main
+from trainer.model import ModelConfig, SentimentRNN, classification_loss
+from trainer.train import main, training_loss
 
 pytestmark = pytest.mark.slow
 
@@ -264,11 +266,6 @@ def test_a_word_vector_file_of_the_wrong_size_is_a_one_line_error(tmp_path, caps
 
 
 def test_adversarial_loss_adds_the_loss_at_embeddings_moved_uphill_by_epsilon():
-    from accelerate import Accelerator
-
-    from trainer.model import ModelConfig, SentimentRNN, classification_loss
-    from trainer.train import training_loss
-
     torch.manual_seed(0)
     model = SentimentRNN(ModelConfig(embedding_dim=8, hidden_dim=8, num_layers=1, dropout=0.0), 30, 2)
     batch = {"input_ids": torch.randint(1, 30, (4, 6)), "lengths": torch.tensor([6, 3, 5, 1])}

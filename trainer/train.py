@@ -240,9 +240,9 @@ def training_loss(model: torch.nn.Module, batch: dict, accelerator: Accelerator,
     loss = classification_loss(model(input_ids, lengths, embeddings=embeddings), labels)
     scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0  # no fp16 underflow
     (gradient,) = torch.autograd.grad(loss * scale, embeddings, retain_graph=True)  # parameters untouched
-    direction = torch.nn.functional.normalize(gradient.float().flatten(1), dim=1).view_as(gradient)
+    direction = torch.nn.functional.normalize(gradient.flatten(1), dim=1).view_as(gradient)  # unit L2 per sequence
     with accelerator.autocast():
-        logits = net(input_ids, lengths, embeddings=embeddings + epsilon * direction.to(embeddings.dtype))
+        logits = net(input_ids, lengths, embeddings=embeddings + epsilon * direction)
     return loss + classification_loss(logits, labels)
 
 
