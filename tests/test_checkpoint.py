@@ -202,8 +202,15 @@ def test_auto_resume_never_redoes_a_finished_run(tmp_path):
     assert (run / "final" / "model.safetensors").read_bytes() == before
 
 
-def test_resuming_with_another_setup_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("--train.batch_size=16", "batch_size 32 -> 16"),
+        ("--optim.embedding_lr_scale=3", "embedding_lr_scale 1.0 -> 3.0"),
+    ],
+)
+def test_resuming_with_another_setup_is_refused(tmp_path, change, named):
     run = tmp_path / "run"
     train(run, env=faults(FAULT_AT_STEP=6, FAULT_KIND="kill"), expect=-signal.SIGKILL)
-    result = train(run, "--resume", "auto", "--train.batch_size=16", expect=2)
-    assert "was made with another setup (batch_size 32 -> 16)" in result.stderr
+    result = train(run, "--resume", "auto", change, expect=2)
+    assert f"was made with another setup ({named}); resume with the same one" in result.stderr

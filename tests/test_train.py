@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from conftest import evaluate_export, read_json, read_jsonl, review_rows, run_cli, write_csv
 
 from trainer.model import ModelConfig, SentimentRNN, classification_loss
+from trainer.optim import OptimConfig, build_optimizer
 from trainer.train import main, training_loss
 
 pytestmark = pytest.mark.slow
@@ -224,6 +225,25 @@ def test_accumulation_bf16_and_schedule_follow_optimizer_steps(tmp_path):
     assert len(lrs) == 18
     assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(3e-3)  # warm-up over 3 optimizer steps, then decay
     assert all(a > b for a, b in itertools.pairwise(lrs[2:])) and lrs[-1] < 1e-8
+
+
+def test_embedding_lr_scale_moves_the_embedding_that_much_faster():
+    torch.manual_seed(0)
+    model = SentimentRNN(ModelConfig(embedding_dim=8, hidden_dim=8, num_layers=1), vocab_size=20, num_labels=2)
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3, embedding_lr_scale=10))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ids = torch.randint(1, 20, (4, 6))
+    classification_loss(model(ids, torch.full((4,), 6)), torch.tensor([0, 1, 0, 1])).backward()
+    optimizer.step()
+    # Adam's first step moves each weight with a gradient by its group's learning rate (the attention's
+    # last bias has none, up to rounding: softmax ignores a shift).
+    moved = {
+        name: (p.detach() - before[name]).abs().max().item()
+        for name, p in model.named_parameters()
+        if p.grad.abs().max() > 1e-6
+    }
+    assert moved.pop("embedding.weight") == pytest.approx(1e-2, rel=1e-3)
+    assert moved and all(step == pytest.approx(1e-3, rel=1e-3) for step in moved.values())
 
 
 def test_tensorboard_tracker_writes_events(tmp_path):

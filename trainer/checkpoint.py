@@ -226,7 +226,8 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> None:
     ``state.setup`` must hold the current run's setup: a checkpoint made with another one is refused.
     """
     saved = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
-    saved_setup = {"ema_decay": 0.0, **saved.get("setup", {})}  # checkpoints older than train.ema_decay
+    # Checkpoints older than train.ema_decay or optim.embedding_lr_scale were made without them.
+    saved_setup = {"ema_decay": 0.0, "embedding_lr_scale": 1.0, **saved.get("setup", {})}
     changed = {k: (v, state.setup.get(k)) for k, v in saved_setup.items() if state.setup.get(k) != v}
     if changed:
         what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())

@@ -23,6 +23,9 @@ class OptimConfig:
     warmup_ratio: float = field(default=0.0, metadata={"help": "warm-up as a share of all optimizer steps"})
     min_lr_ratio: float = field(default=0.0, metadata={"help": "final learning rate as a share of lr"})
     max_grad_norm: float = field(default=5.0, metadata={"help": "clip gradients to this norm (0 = no clipping)"})
+    embedding_lr_scale: float = field(
+        default=1.0, metadata={"help": "the token embedding's learning rate as a multiple of lr"}
+    )
 
     def __post_init__(self) -> None:
         check_range("optim.lr", self.lr, 0.0)
@@ -32,15 +35,23 @@ class OptimConfig:
         check_range("optim.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         check_range("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         check_range("optim.max_grad_norm", self.max_grad_norm, 0.0)
+        check_range("optim.embedding_lr_scale", self.embedding_lr_scale, 0.0)
         if len(self.betas) != 2:
             raise UserError(f"optim.betas={self.betas} must hold two numbers, e.g. [0.9,0.999]")
 
 
 def build_optimizer(model: torch.nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    # Decay weight matrices only, not biases.
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # Decay weight matrices only, not biases. With embedding_lr_scale, the embedding is a group of its own.
+    own_lr = [model.embedding.weight] if config.embedding_lr_scale != 1 else []
+    trained = [p for p in model.parameters() if p.requires_grad and not any(p is q for q in own_lr)]
+    groups = [
+        {"params": [p for p in trained if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in trained if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    if own_lr:
+        groups.append(
+            {"params": own_lr, "weight_decay": config.weight_decay, "lr": config.lr * config.embedding_lr_scale}
+        )
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
 
 

@@ -353,6 +353,7 @@ def setup(config: Config, preset: str) -> Run:
         "world_size": accelerator.num_processes, "batch_size": train_cfg.batch_size,
         "gradient_accumulation_steps": train_cfg.gradient_accumulation_steps, "seed": train_cfg.seed,
         "train_examples": len(data.train), "ema_decay": train_cfg.ema_decay,
+        "embedding_lr_scale": config.optim.embedding_lr_scale,  # the optimizer's groups depend on it
     })  # fmt: skip
     resume_from = None
     if config.checkpoint.resume != "none":
