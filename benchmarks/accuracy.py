@@ -7,15 +7,22 @@ and the training time. The bag-of-words reference (``bow_baseline.py``: TF-IDF o
 sublinear tf, logistic regression C=4; needs the ``bench`` extra) is fitted on exactly the same
 train/validation split.
 
-With ``--cv-folds K`` it runs K-fold cross-validation instead (one seed): fold k validates on
-the k-th of K folds of the training data (``--data.cv_folds=K --data.cv_fold=k``) and reports the
-final model's accuracy on it (no model selection on the held-out fold), and the reference is
-fitted per fold too. ``--report final`` reports the last model with seeds as well: the honest
-figure when the validation split is also the reported one (SST-2's official split), since the
-selected model was chosen on it.
+With ``--cv-folds K`` it runs K-fold cross-validation instead (seed 1 unless ``--seeds`` says
+otherwise; each seed trains on every fold): fold k validates on the k-th of K folds of the
+training data (``--data.cv_folds=K --data.cv_fold=k``) and reports the final model's accuracy on
+it (no model selection on the held-out fold), and the reference is fitted per fold too.
+``--report final`` reports the last model with seeds as well: the honest figure when the
+validation split is also the reported one (SST-2's official split), since the selected model was
+chosen on it.
+
+``--ensemble`` also reports the ensemble of the seeds' reported models (the average of their class
+probabilities, as ``python -m trainer.evaluate --model A --model B ...``): one on the validation
+split, or one per fold with ``--cv-folds``.
 
     python benchmarks/accuracy.py --seeds 1,2,3 -- --config imdb --data.train_files=../shared/data/imdb/train.csv.gz
     python benchmarks/accuracy.py --cv-folds 10 -- --config rt_polarity \
+        --data.train_files=../shared/data/rt_polarity/all.csv
+    python benchmarks/accuracy.py --cv-folds 10 --seeds 1,2,3 --ensemble -- --config rt_polarity \
         --data.train_files=../shared/data/rt_polarity/all.csv
 
 Arguments after -- go to the trainer. The last line is one JSON object.
@@ -36,9 +43,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def train(seed: int, trainer_args: list[str], out: Path) -> dict:
+def train(seed: int, trainer_args: list[str], out: Path, keep_final: bool) -> dict:
     command = [sys.executable, "-m", "trainer", *trainer_args, f"--train.seed={seed}", f"--train.output_dir={out}",
-               "--logging.tracker=none", "--checkpoint.save_final=false"]  # fmt: skip
+               "--logging.tracker=none", f"--checkpoint.save_final={str(keep_final).lower()}"]  # fmt: skip
     started = time.perf_counter()
     done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     if done.returncode != 0:
@@ -54,9 +61,26 @@ def train(seed: int, trainer_args: list[str], out: Path) -> dict:
     }
 
 
+def ensemble_accuracy(trainer_args: list[str], model_dirs: list[Path]) -> float:
+    """Accuracy of the models' averaged probabilities on the trainer's own validation split."""
+    from trainer.config import load_config
+    from trainer.data import clean_splits, load_raw_splits
+    from trainer.inference import load_model
+    from trainer.train import parse_cli
+
+    preset, overrides, _, _ = parse_cli(trainer_args)
+    config = load_config(preset, overrides)
+    splits, label_map, _ = clean_splits(load_raw_splits(config.data), config.data)
+    validation = splits["validation"]
+    ensemble = load_model(model_dirs)
+    predicted = ensemble.probabilities(validation["text"], batch_size=256).argmax(1).tolist()
+    names = [ensemble.labels[i] for i in predicted]
+    return statistics.mean(name == label_map.names[i] for name, i in zip(names, validation["label"], strict=True))
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="1,2,3", help="comma-separated training seeds")
+    parser.add_argument("--seeds", help="comma-separated training seeds (default 1,2,3; 1 with --cv-folds)")
     parser.add_argument("--no-bow", action="store_true", help="skip the TF-IDF + logistic regression reference")
     parser.add_argument("--cv-folds", type=int, default=0, help="K-fold cross-validation instead of seeds")
     parser.add_argument(
@@ -66,20 +90,26 @@ def main() -> dict:
         "one (final; the default with --cv-folds, and the one to report when the validation split is the "
         "reported split, as SST-2's, since the selection has seen it)",
     )
+    parser.add_argument("--ensemble", action="store_true", help="also report the ensemble of the seeds' models")
     parser.add_argument("trainer_args", nargs="*", help="the trainer's arguments, after --")
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    # (seed, extra trainer arguments) per run: seeds, or the folds of one seed.
-    plan = [(seed, []) for seed in seeds]
-    if args.cv_folds:
-        plan = [(seeds[0], [f"--data.cv_folds={args.cv_folds}", f"--data.cv_fold={k}"]) for k in range(args.cv_folds)]
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for number, (seed, extra) in enumerate(plan):
-            runs.append(train(seed, [*args.trainer_args, *extra], Path(tmp) / f"run-{number}") | {"args": extra})
-            print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    seeds = [int(s) for s in (args.seeds or ("1" if args.cv_folds else "1,2,3")).split(",")]
+    # Groups of runs that share a validation split: the seeds, or the seeds of each fold.
+    groups = [[f"--data.cv_folds={args.cv_folds}", f"--data.cv_fold={k}"] for k in range(args.cv_folds)] or [[]]
     # Cross-validation reports the last model on each held-out fold; seeds report the selected one.
     report = args.report or ("final" if args.cv_folds else "best")
+    runs, ensembles = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for number, extra in enumerate(groups):
+            outs = [Path(tmp) / f"run-{number}-{i}" for i in range(len(seeds))]
+            for seed, out in zip(seeds, outs, strict=True):
+                runs.append(train(seed, [*args.trainer_args, *extra], out, args.ensemble) | {"args": extra})
+                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+            if args.ensemble:
+                accuracy = ensemble_accuracy([*args.trainer_args, *extra], [out / report for out in outs])
+                seconds = sum(r["train_seconds"] for r in runs[-len(seeds) :])
+                ensembles.append({"seeds": seeds, "args": extra, "accuracy": accuracy, "train_seconds": seconds})
+                print(json.dumps(ensembles[-1]), file=sys.stderr, flush=True)
     accuracies = [r[f"{report}_accuracy"] for r in runs]
     finals = [r["final_accuracy"] for r in runs]
     result = {
@@ -92,11 +122,17 @@ def main() -> dict:
     }
     result["final_accuracy_mean"] = round(statistics.mean(finals), 4)
     result["final_accuracy_std"] = round(statistics.stdev(finals), 4) if len(finals) > 1 else 0.0
+    if ensembles:
+        accuracies = [e["accuracy"] for e in ensembles]
+        result["ensembles"] = ensembles
+        result["ensemble_accuracy_mean"] = round(statistics.mean(accuracies), 4)
+        result["ensemble_accuracy_std"] = round(statistics.stdev(accuracies), 4) if len(accuracies) > 1 else 0.0
+        result["ensemble_train_seconds_median"] = statistics.median(e["train_seconds"] for e in ensembles)
     if not args.no_bow:
         sys.path.insert(0, str(REPO / "benchmarks"))
         from bow_baseline import main as bow
 
-        references = [bow([*args.trainer_args, *extra]) for _, extra in (plan if args.cv_folds else plan[:1])]
+        references = [bow([*args.trainer_args, *extra]) for extra in groups]
         reference = statistics.mean(r["tfidf_lr_bigram_accuracy"] for r in references)
         result["tfidf_lr_bigram_accuracy"] = round(reference, 4)
         result["tfidf_lr_bigram_seconds"] = sum(r["tfidf_lr_bigram_seconds"] for r in references)

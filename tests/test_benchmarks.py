@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -49,3 +50,22 @@ def test_accuracy_script_reports_the_model_asked_for_over_seeds(tmp_path):
     assert runs[0]["final_accuracy"] != runs[1]["final_accuracy"] or runs[0]["best_step"] != runs[1]["best_step"]
     assert result["accuracy_mean"] == round((runs[0]["final_accuracy"] + runs[1]["final_accuracy"]) / 2, 4)
     assert result["accuracy_mean"] == result["final_accuracy_mean"]
+
+
+def test_accuracy_script_trains_every_seed_on_every_fold_and_scores_their_ensemble(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    # Seed 1 twice: each fold's ensemble is of two copies of one model, so it must score exactly as
+    # the trainer scored that model on the held-out fold (the same fold, labels and predictions).
+    command = [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--no-bow", "--cv-folds", "2", "--seeds",
+               "1,1", "--ensemble", "--", "--config", "tiny", "--train.epochs=1"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    folds = [["--data.cv_folds=2", f"--data.cv_fold={k}"] for k in (0, 1)]
+    assert [r["args"] for r in result["runs"]] == [folds[0], folds[0], folds[1], folds[1]]
+    assert [e["args"] for e in result["ensembles"]] == folds
+    for ensemble, runs in zip(result["ensembles"], (result["runs"][:2], result["runs"][2:]), strict=True):
+        assert runs[0]["final_accuracy"] == runs[1]["final_accuracy"]
+        assert ensemble["accuracy"] == pytest.approx(runs[0]["final_accuracy"])
+        assert ensemble["train_seconds"] == pytest.approx(runs[0]["train_seconds"] + runs[1]["train_seconds"])
+    assert result["ensemble_accuracy_mean"] == round(sum(e["accuracy"] for e in result["ensembles"]) / 2, 4)

@@ -165,6 +165,63 @@ def test_predict_api_matches_the_cli_and_batches_do_not_change_results(trained):
         model.predict("a single string")
 
 
+def less_sure_copy(model_dir: Path, out: Path) -> Path:
+    """Another model: ``model_dir`` with its classifier's logits shrunk and shifted."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model_dir, out)
+    weights = load_file(str(out / "model.safetensors"))
+    weights["classifier.weight"] = weights["classifier.weight"] * 0.25
+    weights["classifier.bias"] = weights["classifier.bias"] + 0.5
+    save_file(weights, str(out / "model.safetensors"))
+    return out
+
+
+def test_an_ensemble_averages_its_models_probabilities_in_the_api_and_both_clis(trained, tmp_path):
+    first, second = trained / "best", less_sure_copy(trained / "best", tmp_path / "other")
+    rows = review_rows(60, seed=11)
+    texts, labels = [text for text, _ in rows], torch.tensor([label for _, label in rows])
+    one, two = load_model(first).probabilities(texts), load_model(second).probabilities(texts)
+    assert (one - two).abs().max() > 0.05  # two different models
+    ensemble = load_model([first, second])
+    average = ensemble.probabilities(texts, batch_size=7)
+    assert torch.allclose(average, (one + two) / 2, atol=1e-6)
+    assert [p.label for p in ensemble.predict(texts)] == [ensemble.labels[i] for i in average.argmax(1).tolist()]
+
+    data = write_csv(tmp_path / "test.csv", rows)
+    models = ["--model", str(first), "--model", str(second)]
+    done = cli("evaluate", [*models, "--data", str(data), "--json", "--batch-size", "8"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["model"] == [str(first), str(second)] and result["n"] == 60
+    assert result["accuracy"] == pytest.approx((average.argmax(1) == labels).double().mean().item())
+    assert result["loss"] == pytest.approx(-average.gather(1, labels[:, None]).log().mean().item(), abs=1e-5)
+    predicted = cli("predict", [*models, "--json", *texts[:5]], tmp_path)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    for line, expected in zip(predicted.stdout.splitlines(), average[:5], strict=True):
+        assert list(json.loads(line)["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_an_ensemble_of_models_with_other_labels_or_asked_to_explain_is_refused(trained, tmp_path):
+    renamed = tmp_path / "renamed"
+    shutil.copytree(trained / "best", renamed)
+    config = json.loads((renamed / "config.json").read_text())
+    config["id2label"] = {"0": "bad", "1": "good"}
+    (renamed / "config.json").write_text(json.dumps(config))
+    data = labelled_csv(tmp_path / "test.csv", 10)
+    models = ["--model", str(trained / "best"), "--model", str(renamed)]
+    cases = [
+        ("evaluate", [*models, "--data", str(data)], "does not have the labels of"),
+        ("predict", [*models, "a text"], "do not share their labels"),
+        ("predict", ["--model", str(trained / "best"), "--model", str(trained / "final"), "--explain", "a text"],
+         "give a single --model"),
+    ]  # fmt: skip
+    for module, args, message in cases:
+        done = cli(module, args, tmp_path)
+        assert done.returncode == 2 and message in done.stderr, (module, done.stderr[-2000:])
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
 # explain
 
 

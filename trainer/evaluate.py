@@ -3,12 +3,15 @@
     python -m trainer.evaluate --model runs/imdb/best --data test.csv --json
     python -m trainer.evaluate --model runs/imdb/best --data stanfordnlp/imdb --split test --plot confusion.png
     accelerate launch --num_processes 2 -m trainer.evaluate --model runs/imdb/best --data test.csv
+    python -m trainer.evaluate --model runs/s1/final --model runs/s2/final --model runs/s3/final --data test.csv
 
 Reports accuracy, precision, recall, F1, ROC-AUC (two classes; macro averages for more), the mean
 loss, the confusion matrix and the number of examples; --json prints them as one JSON object.
 Labels are read with the model's own label map (0/1, neg/pos, negative/positive, ...); a label the
 model does not know is an error. Rows with an empty text or label are skipped and counted. Under
 ``accelerate launch`` each process scores a share and the result equals the single-process one.
+Several --model folders are evaluated as an ensemble: the average of their class probabilities
+(each model reads the texts with its own tokenizer; the loss is that of the average).
 """
 
 from __future__ import annotations
@@ -46,8 +49,13 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     state = PartialState(cpu=cpu)
     started = time.perf_counter()
     datasets.disable_progress_bars()  # one result, not a progress bar per step
-    model, tokenizer, meta = load_exported(args.model)
+    models = [load_exported(path) for path in args.model]
+    meta = models[0][2]
     names = [meta["id2label"][str(i)] for i in range(len(meta["id2label"]))]
+    for path, (_, _, other) in zip(args.model[1:], models[1:], strict=True):
+        if [other["id2label"][str(i)] for i in range(len(other["id2label"]))] != names:
+            raise UserError(f"{path} does not have the labels of {args.model[0]} ({', '.join(names)}); "
+                            "an ensemble needs models trained on the same labels", on_every_rank=True)  # fmt: skip
     label_map = LabelMap(names)
     try:
         with state.main_process_first():  # the main process fills the datasets cache first
@@ -58,21 +66,27 @@ def evaluate_model(args: argparse.Namespace) -> dict:
                 ds = ds.select(range(min(args.max_examples, len(ds))))
             where = args.data if Path(args.data).exists() else f"the {args.split} split of {args.data}"
             ds = encode_labels(ds, label_map, where, keep_in_memory=True)
-            ds = tokenize(ds, tokenizer, int(meta["max_length"]), keep_in_memory=True)
+            # One order for every model (the first one's lengths): batches of similar length.
+            tokenized = [tokenize(ds, tok, int(m["max_length"]), keep_in_memory=True) for _, tok, m in models]
     except UserError as exc:  # the same data on every process: reported once
         exc.on_every_rank = True
         raise
-    truncated = sum(ds.with_format("arrow")["truncated"].to_pylist())
-    lengths = lengths_of(ds)
-    ds = ds.select(sorted(range(len(ds)), key=lambda i: -lengths[i]))  # batches of similar length
-    loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=PaddingCollator(int(meta["pad_id"])))
+    truncated = sum(tokenized[0].with_format("arrow")["truncated"].to_pylist())
+    lengths = lengths_of(tokenized[0])
+    order = sorted(range(len(ds)), key=lambda i: -lengths[i])
     accelerator = Accelerator(cpu=cpu, mixed_precision="no")
-    loader = accelerator.prepare_data_loader(loader)
-    model = model.to(accelerator.device)
-    probabilities, labels, losses = gather_predictions(model, loader, accelerator)
+    scored = []
+    for (model, _, m), model_ds in zip(models, tokenized, strict=True):
+        loader = DataLoader(model_ds.select(order), args.batch_size, collate_fn=PaddingCollator(int(m["pad_id"])))
+        loader = accelerator.prepare_data_loader(loader)
+        scored.append(gather_predictions(model.to(accelerator.device), loader, accelerator))
     accelerator.end_training()  # every process leaves the group together (no abort at exit)
+    probabilities, labels, losses = scored[0]
+    if len(scored) > 1:  # the ensemble's own loss: the negative log of its averaged probability
+        probabilities = torch.stack([p for p, _, _ in scored]).mean(0)
+        losses = -probabilities.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-12).log()
     metrics = classification_metrics(probabilities, labels, losses)
-    result = {"model": str(args.model), "data": args.data}
+    result = {"model": args.model[0] if len(args.model) == 1 else args.model, "data": args.data}
     if not Path(args.data).exists():
         result["split"] = args.split
     result |= {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
@@ -82,15 +96,18 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     return result
 
 
+def _models(model: str | list[str]) -> str:
+    return model if isinstance(model, str) else f"the ensemble of {', '.join(model)}"
+
+
 def show(result: dict) -> str:
     notes = []
     if result["skipped_rows"]:
         notes.append(f"{result['skipped_rows']} rows without a text or label skipped")
     if result["truncated"]:
         notes.append(f"{result['truncated']} texts truncated to {result['max_length']} tokens")
-    lines = [
-        f"{result['model']} on {result['data']}: {result['n']:,} examples" + (f" ({'; '.join(notes)})" if notes else "")
-    ]
+    what = f"{_models(result['model'])} on {result['data']}: {result['n']:,} examples"
+    lines = [what + (f" ({'; '.join(notes)})" if notes else "")]
     keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")
     lines.append(" | ".join(f"{k} {result[k]:.4f}" for k in keys if isinstance(result.get(k), float)))
     width = max(8, *(len(n) for n in result["labels"])) + 2
@@ -103,7 +120,8 @@ def show(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="an exported model folder (runs/<run>/best)")
+    parser.add_argument("--model", required=True, action="append",
+                        help="an exported model folder (runs/<run>/best); repeat it for an ensemble")  # fmt: skip
     parser.add_argument("--data", required=True, help="a csv/tsv/json/jsonl/parquet file, or a Hub dataset name")
     parser.add_argument("--split", default="test", help="the Hub split to evaluate (default test)")
     parser.add_argument("--config-name", help="the Hub dataset configuration")
@@ -131,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot:
             from trainer.plot import plot_confusion
 
-            title = f"{Path(args.model).parent.name}/{Path(args.model).name} on {Path(args.data).name}"
+            shown = [f"{Path(m).parent.name}/{Path(m).name}" for m in args.model]
+            title = f"{_models(shown[0] if len(shown) == 1 else shown)} on {Path(args.data).name}"
             plot_confusion(result["confusion_matrix"], result["labels"], args.plot, title)
             print(f"wrote {args.plot}", file=sys.stderr)
     return 0

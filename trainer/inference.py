@@ -5,6 +5,9 @@ from trainer import load_model
 model = load_model("runs/imdb/best")
 model.predict(["A wonderful film.", "Dull."])   # [Prediction(label='positive', ...), ...]
 model.explain("A wonderful film.")              # tokens, their character spans, attention weights
+
+ensemble = load_model(["runs/rt-s1/final", "runs/rt-s2/final", "runs/rt-s3/final"])
+ensemble.predict(["A wonderful film."])          # the average of the three models' probabilities
 """
 
 from __future__ import annotations
@@ -76,28 +79,45 @@ class SentimentModel:
             "truncated": bool(encoding.overflowing),
         }
 
-    def _run(self, texts: Sequence[str], batch_size: int, attention: bool) -> list:
-        if isinstance(texts, str):
-            raise TypeError("pass a list of texts; wrap a single text in a list")
-        encodings = self.encode(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))  # batches of similar length
-        results: list = [None] * len(texts)
+    def _scores(self, encodings: list[Encoding], batch_size: int, attention: bool) -> tuple[torch.Tensor, list]:
+        """(N, C) probabilities and, with ``attention``, each text's weights; in the order given."""
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))  # batches of similar length
+        probabilities = torch.empty(len(encodings), len(self.labels))
+        weights: list = [None] * len(encodings)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            probabilities, weights = self._forward([encodings[i] for i in chunk], attention)
+            chunk_probabilities, chunk_weights = self._forward([encodings[i] for i in chunk], attention)
+            probabilities[chunk] = chunk_probabilities
             for row, i in enumerate(chunk):
-                encoding, fields = encodings[i], self._prediction(probabilities[row], encodings[i])
-                if not attention:
-                    results[i] = Prediction(**fields)
-                    continue
-                results[i] = Explanation(
+                if attention:
+                    weights[i] = chunk_weights[row, : len(encodings[i].ids)].tolist()
+        return probabilities, weights
+
+    def _run(self, texts: Sequence[str], batch_size: int, attention: bool) -> list:
+        _check_texts(texts)
+        encodings = self.encode(texts)
+        probabilities, weights = self._scores(encodings, batch_size, attention)
+        results: list = []
+        for i, encoding in enumerate(encodings):
+            fields = self._prediction(probabilities[i], encoding)
+            if not attention:
+                results.append(Prediction(**fields))
+                continue
+            results.append(
+                Explanation(
                     **fields,
                     text=texts[i],
                     tokens=list(encoding.tokens),
                     spans=[tuple(span) for span in encoding.offsets],
-                    weights=weights[row, : len(encoding.ids)].tolist(),
+                    weights=weights[i],
                 )
+            )
         return results
+
+    def probabilities(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """(N, C) class probabilities, in the order of ``texts`` and of ``labels``."""
+        _check_texts(texts)
+        return self._scores(self.encode(texts), batch_size, attention=False)[0]
 
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
         """One prediction per text, in order."""
@@ -112,7 +132,46 @@ class SentimentModel:
         return self._run(texts, batch_size, attention=True)
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> SentimentModel:
-    """Load an exported model folder (``best/``, ``final/``); see ``SentimentModel``."""
-    model, tokenizer, meta = load_exported(model_dir)
-    return SentimentModel(model, tokenizer, meta, device)
+class Ensemble:
+    """Several exported models used as one: each reads the texts with its own tokenizer, and their
+    class probabilities are averaged. ``num_tokens`` and ``truncated`` are the first model's.
+    Attention belongs to a single model, so an ensemble predicts but does not explain."""
+
+    def __init__(self, members: Sequence[SentimentModel]):
+        self.members = list(members)
+        first = self.members[0]
+        for member in self.members[1:]:
+            if member.labels != first.labels:
+                raise UserError(
+                    f"the models do not share their labels ({', '.join(first.labels)} against "
+                    f"{', '.join(member.labels)}); an ensemble needs models trained on the same labels"
+                )
+        self.labels, self.max_length = first.labels, first.max_length
+
+    def probabilities(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """(N, C) the members' average class probabilities, in the order of ``texts``."""
+        return torch.stack([member.probabilities(texts, batch_size) for member in self.members]).mean(0)
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
+        """One prediction per text, in order, from the averaged probabilities."""
+        probabilities = self.probabilities(texts, batch_size)
+        first = self.members[0]
+        return [Prediction(**first._prediction(p, e)) for p, e in zip(probabilities, first.encode(texts), strict=True)]
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    if isinstance(texts, str):
+        raise TypeError("pass a list of texts; wrap a single text in a list")
+
+
+def load_model(
+    model_dir: str | Path | Sequence[str | Path], device: str | torch.device = "cpu"
+) -> SentimentModel | Ensemble:
+    """Load an exported model folder (``best/``, ``final/``); see ``SentimentModel``. Several
+    folders give an ``Ensemble`` that averages their probabilities."""
+    if isinstance(model_dir, str | Path):
+        model_dir = [model_dir]
+    if not model_dir:
+        raise UserError("no model folder given; give an exported folder such as runs/<run>/best")
+    members = [SentimentModel(*load_exported(path), device) for path in model_dir]
+    return members[0] if len(members) == 1 else Ensemble(members)

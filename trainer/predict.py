@@ -4,12 +4,15 @@
     python -m trainer.predict --model runs/imdb/best --file reviews.csv --json > predictions.jsonl
     cat reviews.txt | python -m trainer.predict --model runs/imdb/best
     python -m trainer.predict --model runs/imdb/best --explain --html attention.html "Dull, but lovely music."
+    python -m trainer.predict --model runs/s1/final --model runs/s2/final "A wonderful film."
 
 Texts come from the arguments, a file (--file: .txt one text per line, .csv/.tsv with a text
 column, .jsonl with a text field; - for standard input) or, with neither, standard input (one
 text per line). Prints the label and the probability of each class per text; --json prints one
 JSON object per line. --explain adds each token's attention weight (coloured in a terminal);
---html PATH writes a self-contained page highlighting the tokens of each text.
+--html PATH writes a self-contained page highlighting the tokens of each text. Several --model
+folders predict as an ensemble (the average of their probabilities); attention is one model's, so
+--explain and --html take a single --model.
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ def _short(text: str, width: int = 70) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    explain = args.explain or bool(args.html)
+    if explain and len(args.model) > 1:
+        raise UserError("--explain and --html show one model's attention; give a single --model")
     if args.html and Path(args.html).exists() and not args.overwrite:
         raise UserError(f"{args.html} exists; choose another --html path or pass --overwrite to replace it")
     texts = list(args.texts)
@@ -93,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
     if not texts:
         raise UserError("no texts to predict (the input was empty)")
     model = load_model(args.model, args.device)
-    explain = args.explain or bool(args.html)
     run_batch = model.explain_batch if explain else model.predict
     results = run_batch(texts, batch_size=args.batch_size)
     color = _color(args.color)
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {truncated} of {len(results)} texts had more than {model.max_length} tokens and were "
               f"truncated to the first {model.max_length} (the model's max_length)", file=sys.stderr)  # fmt: skip
     if args.html:
-        Path(args.html).write_text(html_page(results, f"Attention of {args.model}"), encoding="utf-8")
+        Path(args.html).write_text(html_page(results, f"Attention of {args.model[0]}"), encoding="utf-8")
         print(f"wrote {args.html}", file=sys.stderr)
     return 0
 
@@ -124,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.splitlines()[0])
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
-    parser.add_argument("--model", required=True, help="an exported model folder (runs/<run>/best)")
+    parser.add_argument("--model", required=True, action="append",
+                        help="an exported model folder (runs/<run>/best); repeat it for an ensemble")  # fmt: skip
     parser.add_argument("--file", help="texts from a .txt, .csv, .tsv or .jsonl file (- for stdin)")
     parser.add_argument("--text-column", default="text", help="the text column/field of a csv or jsonl file")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
