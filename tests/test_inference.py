@@ -110,6 +110,17 @@ def test_evaluate_rejects_a_label_the_model_does_not_know(trained, tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_evaluate_summary_counts_in_the_singular_and_plural():
+    from trainer.evaluate import show
+
+    result = {"model": "m", "data": "d.csv", "n": 3, "labels": ["negative", "positive"], "accuracy": 0.5,
+              "confusion_matrix": [[1, 0], [1, 1]], "max_length": 64, "skipped_rows": 1, "truncated": 2}  # fmt: skip
+    assert show(result).splitlines()[0] == "m on d.csv: 3 examples (1 row without a text or label skipped; " \
+        "2 texts truncated to 64 tokens)"  # fmt: skip
+    result |= {"skipped_rows": 0, "truncated": 1, "model": ["a", "b"]}
+    assert show(result).splitlines()[0] == "the ensemble of a, b on d.csv: 3 examples (1 text truncated to 64 tokens)"
+
+
 # predict
 
 

@@ -100,12 +100,16 @@ def _models(model: str | list[str]) -> str:
     return model if isinstance(model, str) else f"the ensemble of {', '.join(model)}"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def show(result: dict) -> str:
     notes = []
     if result["skipped_rows"]:
-        notes.append(f"{result['skipped_rows']} rows without a text or label skipped")
+        notes.append(f"{_count(result['skipped_rows'], 'row')} without a text or label skipped")
     if result["truncated"]:
-        notes.append(f"{result['truncated']} texts truncated to {result['max_length']} tokens")
+        notes.append(f"{_count(result['truncated'], 'text')} truncated to {result['max_length']} tokens")
     what = f"{_models(result['model'])} on {result['data']}: {result['n']:,} examples"
     lines = [what + (f" ({'; '.join(notes)})" if notes else "")]
     keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")
@@ -145,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         report(exc, args.debug)
         return EXIT_USAGE
     if PartialState().is_main_process:
-        print(json.dumps(result) if args.json else show(result), flush=True)
+        try:
+            print(json.dumps(result) if args.json else show(result), flush=True)
+        except BrokenPipeError:  # e.g. piped into head
+            return 0
         if args.plot:
             from trainer.plot import plot_confusion
 
