@@ -94,6 +94,8 @@ def main() -> dict:
     parser.add_argument("trainer_args", nargs="*", help="the trainer's arguments, after --")
     args = parser.parse_args()
     seeds = [int(s) for s in (args.seeds or ("1" if args.cv_folds else "1,2,3")).split(",")]
+    if args.ensemble and len(seeds) < 2:
+        parser.error("--ensemble needs two or more --seeds, e.g. --seeds 1,2,3")
     # Groups of runs that share a validation split: the seeds, or the seeds of each fold.
     groups = [[f"--data.cv_folds={args.cv_folds}", f"--data.cv_fold={k}"] for k in range(args.cv_folds)] or [[]]
     # Cross-validation reports the last model on each held-out fold; seeds report the selected one.

@@ -69,3 +69,5 @@ def test_accuracy_script_trains_every_seed_on_every_fold_and_scores_their_ensemb
         assert ensemble["accuracy"] == pytest.approx(runs[0]["final_accuracy"])
         assert ensemble["train_seconds"] == pytest.approx(runs[0]["train_seconds"] + runs[1]["train_seconds"])
     assert result["ensemble_accuracy_mean"] == round(sum(e["accuracy"] for e in result["ensembles"]) / 2, 4)
+    alone = subprocess.run([*command[:6], "1", *command[7:]], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert alone.returncode == 2 and "--ensemble needs two or more --seeds" in alone.stderr  # nothing to average

@@ -177,10 +177,13 @@ def test_predict_api_matches_the_cli_and_batches_do_not_change_results(trained):
 
 
 def less_sure_copy(model_dir: Path, out: Path) -> Path:
-    """Another model: ``model_dir`` with its classifier's logits shrunk and shifted."""
+    """Another model: ``model_dir`` with its classifier's logits shrunk and shifted, reading only the
+    first 12 tokens (so it orders texts by length unlike the original)."""
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(config | {"max_length": 12}))
     weights = load_file(str(out / "model.safetensors"))
     weights["classifier.weight"] = weights["classifier.weight"] * 0.25
     weights["classifier.bias"] = weights["classifier.bias"] + 0.5
@@ -194,6 +197,7 @@ def test_an_ensemble_averages_its_models_probabilities_in_the_api_and_both_clis(
     texts, labels = [text for text, _ in rows], torch.tensor([label for _, label in rows])
     one, two = load_model(first).probabilities(texts), load_model(second).probabilities(texts)
     assert (one - two).abs().max() > 0.05  # two different models
+    assert sum(len(e.ids) > 12 for e in load_model(first).encode(texts)) > 10  # which truncate differently
     ensemble = load_model([first, second])
     average = ensemble.probabilities(texts, batch_size=7)
     assert torch.allclose(average, (one + two) / 2, atol=1e-6)
@@ -222,8 +226,8 @@ def test_an_ensemble_of_models_with_other_labels_or_asked_to_explain_is_refused(
     data = labelled_csv(tmp_path / "test.csv", 10)
     models = ["--model", str(trained / "best"), "--model", str(renamed)]
     cases = [
-        ("evaluate", [*models, "--data", str(data)], "does not have the labels of"),
-        ("predict", [*models, "a text"], "do not share their labels"),
+        ("evaluate", [*models, "--data", str(data)], f"{renamed} has the labels bad, good and {trained / 'best'}"),
+        ("predict", [*models, "a text"], f"{renamed} has the labels bad, good and {trained / 'best'}"),
         ("predict", ["--model", str(trained / "best"), "--model", str(trained / "final"), "--explain", "a text"],
          "give a single --model"),
     ]  # fmt: skip
@@ -231,6 +235,25 @@ def test_an_ensemble_of_models_with_other_labels_or_asked_to_explain_is_refused(
         done = cli(module, args, tmp_path)
         assert done.returncode == 2 and message in done.stderr, (module, done.stderr[-2000:])
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    with pytest.raises(TypeError, match="does not explain"):
+        load_model([trained / "best", trained / "final"]).explain("a text")
+
+
+def test_evaluate_and_predict_exit_quietly_when_their_reader_leaves(trained, tmp_path):
+    data = labelled_csv(tmp_path / "test.csv", 20)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cases = [
+        ["evaluate", "--model", str(trained / "best"), "--data", str(data), "--plot", str(tmp_path / "cm.png")],
+        ["predict", "--model", str(trained / "best"), *[f"text {i}" for i in range(2000)]],
+    ]
+    for args in cases:
+        process = subprocess.Popen([sys.executable, "-m", f"trainer.{args[0]}", *args[1:]], cwd=tmp_path, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        process.stdout.close()  # the reader leaves before the first line (as `| head -0` would)
+        stderr = process.stderr.read()
+        assert process.wait(timeout=300) == 0, stderr[-2000:]
+        assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr[-2000:]
+    assert png_series(tmp_path / "cm.png") == {"confusion_matrix": 4}  # the plot is still drawn
 
 
 # explain

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Iterable
@@ -25,6 +26,12 @@ def print_error(exc: Exception, debug: bool, prefix: str = "") -> None:
     if debug:
         traceback.print_exc()
     print(f"{prefix}error: {exc}", file=sys.stderr, flush=True)
+
+
+def stdout_closed() -> None:
+    """After a ``BrokenPipeError`` on stdout (the reader left, e.g. ``| head``): send what is still
+    buffered to /dev/null, so that the exit is quiet."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def check_choice(key: str, value: object, choices: Iterable[object]) -> None:

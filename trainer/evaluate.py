@@ -11,7 +11,8 @@ Labels are read with the model's own label map (0/1, neg/pos, negative/positive,
 model does not know is an error. Rows with an empty text or label are skipped and counted. Under
 ``accelerate launch`` each process scores a share and the result equals the single-process one.
 Several --model folders are evaluated as an ensemble: the average of their class probabilities
-(each model reads the texts with its own tokenizer; the loss is that of the average).
+(each model reads the texts with its own tokenizer; the loss is that of the average; the count of
+truncated texts and max_length are the first model's).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from torch.utils.data import DataLoader
 
 from trainer.checkpoint import load_exported
 from trainer.data import PaddingCollator, encode_labels, lengths_of, load_labelled, tokenize
-from trainer.errors import EXIT_USAGE, UserError
+from trainer.errors import EXIT_USAGE, UserError, stdout_closed
+from trainer.inference import check_same_labels
 from trainer.labels import LabelMap
 from trainer.metrics import classification_metrics
 from trainer.train import gather_predictions, report
@@ -52,10 +54,11 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     models = [load_exported(path) for path in args.model]
     meta = models[0][2]
     names = [meta["id2label"][str(i)] for i in range(len(meta["id2label"]))]
-    for path, (_, _, other) in zip(args.model[1:], models[1:], strict=True):
-        if [other["id2label"][str(i)] for i in range(len(other["id2label"]))] != names:
-            raise UserError(f"{path} does not have the labels of {args.model[0]} ({', '.join(names)}); "
-                            "an ensemble needs models trained on the same labels", on_every_rank=True)  # fmt: skip
+    try:
+        check_same_labels([[m["id2label"][str(i)] for i in range(len(m["id2label"]))] for *_, m in models], args.model)
+    except UserError as exc:
+        exc.on_every_rank = True
+        raise
     label_map = LabelMap(names)
     try:
         with state.main_process_first():  # the main process fills the datasets cache first
@@ -151,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if PartialState().is_main_process:
         try:
             print(json.dumps(result) if args.json else show(result), flush=True)
-        except BrokenPipeError:  # e.g. piped into head
-            return 0
+        except BrokenPipeError:  # the reader left (| head): the plot is still drawn
+            stdout_closed()
         if args.plot:
             from trainer.plot import plot_confusion
 

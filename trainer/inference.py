@@ -132,21 +132,28 @@ class SentimentModel:
         return self._run(texts, batch_size, attention=True)
 
 
+def check_same_labels(labels: Sequence[list[str]], names: Sequence[str]) -> None:
+    """An ensemble's models must have the same labels in the same order (their probability columns)."""
+    for other, name in zip(labels[1:], names[1:], strict=True):
+        if other != labels[0]:
+            raise UserError(
+                f"{name} has the labels {', '.join(other)} and {names[0]} {', '.join(labels[0])}; an ensemble "
+                "needs models trained on the same labels, in the same order"
+            )
+
+
 class Ensemble:
     """Several exported models used as one: each reads the texts with its own tokenizer, and their
     class probabilities are averaged. ``num_tokens`` and ``truncated`` are the first model's.
     Attention belongs to a single model, so an ensemble predicts but does not explain."""
 
-    def __init__(self, members: Sequence[SentimentModel]):
+    def __init__(self, members: Sequence[SentimentModel], names: Sequence[str] | None = None):
+        if not members:
+            raise UserError("an ensemble needs at least one model")
         self.members = list(members)
-        first = self.members[0]
-        for member in self.members[1:]:
-            if member.labels != first.labels:
-                raise UserError(
-                    f"the models do not share their labels ({', '.join(first.labels)} against "
-                    f"{', '.join(member.labels)}); an ensemble needs models trained on the same labels"
-                )
-        self.labels, self.max_length = first.labels, first.max_length
+        names = names or [f"model {i + 1}" for i in range(len(self.members))]
+        check_same_labels([member.labels for member in self.members], names)
+        self.labels, self.max_length = self.members[0].labels, self.members[0].max_length
 
     def probabilities(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
         """(N, C) the members' average class probabilities, in the order of ``texts``."""
@@ -157,6 +164,12 @@ class Ensemble:
         probabilities = self.probabilities(texts, batch_size)
         first = self.members[0]
         return [Prediction(**first._prediction(p, e)) for p, e in zip(probabilities, first.encode(texts), strict=True)]
+
+    def explain(self, text: str) -> Explanation:
+        return self.explain_batch([text])[0]
+
+    def explain_batch(self, texts: Sequence[str], batch_size: int = 32) -> list[Explanation]:
+        raise TypeError("an ensemble predicts but does not explain (attention is one model's); use .members[i]")
 
 
 def _check_texts(texts: Sequence[str]) -> None:
@@ -174,4 +187,4 @@ def load_model(
     if not model_dir:
         raise UserError("no model folder given; give an exported folder such as runs/<run>/best")
     members = [SentimentModel(*load_exported(path), device) for path in model_dir]
-    return members[0] if len(members) == 1 else Ensemble(members)
+    return members[0] if len(members) == 1 else Ensemble(members, [str(path) for path in model_dir])

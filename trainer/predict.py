@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.errors import EXIT_USAGE, UserError, print_error
+from trainer.errors import EXIT_USAGE, UserError, print_error, stdout_closed
 from trainer.explain import ansi, html_page, top_tokens
 from trainer.inference import load_model
 
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print_error(exc, args.debug)
         return EXIT_USAGE
-    except BrokenPipeError:  # e.g. piped into head
+    except BrokenPipeError:  # the reader left (| head)
+        stdout_closed()
         return 0
 
 
