@@ -94,8 +94,10 @@ def slurm_stand_ins(tmp_path: Path) -> dict:
 def test_a_failing_launcher_stops_the_others_at_once(tmp_path):
     """wait_all, which the multi-node tests use: a failure ends the wait and reports every process."""
     started = time.monotonic()
-    procs = [start(["bash", "-c", "echo waiting >&2; sleep 60"], tmp_path, dict(os.environ)),
-             start(["bash", "-c", "echo broken >&2; exit 3"], tmp_path, dict(os.environ))]  # fmt: skip
+    # The failing one waits until the other has written its line: the report must carry both.
+    procs = [start(["bash", "-c", "echo waiting >&2; touch ready; sleep 60"], tmp_path, dict(os.environ)),
+             start(["bash", "-c", "until [ -e ready ]; do sleep 0.05; done; echo broken >&2; exit 3"],
+                   tmp_path, dict(os.environ))]  # fmt: skip
     with pytest.raises(pytest.fail.Exception) as failure:
         wait_all(procs, timeout=60)
     assert time.monotonic() - started < 10
