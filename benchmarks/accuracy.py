@@ -15,6 +15,9 @@ it (no model selection on the held-out fold), and the reference is fitted per fo
 validation split is also the reported one (SST-2's official split), since the selected model was
 chosen on it.
 
+``--folds 8,9`` runs only those folds of the K (to split a cross-validation over machines or
+sessions; the per-fold lines on stderr of each part are the data to join).
+
 ``--ensemble`` also reports the ensemble of the seeds' reported models (the average of their class
 probabilities, as ``python -m trainer.evaluate --model A --model B ...``): one on the validation
 split, or one per fold with ``--cv-folds``.
@@ -84,6 +87,9 @@ def main() -> dict:
     parser.add_argument("--no-bow", action="store_true", help="skip the TF-IDF + logistic regression reference")
     parser.add_argument("--cv-folds", type=int, default=0, help="K-fold cross-validation instead of seeds")
     parser.add_argument(
+        "--folds", help="comma-separated folds to run of --cv-folds (default all), to split one over machines"
+    )
+    parser.add_argument(
         "--report",
         choices=("best", "final"),
         help="whose accuracy to report: each run's selected model (best; the default with seeds) or its last "
@@ -96,8 +102,13 @@ def main() -> dict:
     seeds = [int(s) for s in (args.seeds or ("1" if args.cv_folds else "1,2,3")).split(",")]
     if args.ensemble and len(seeds) < 2:
         parser.error("--ensemble needs two or more --seeds, e.g. --seeds 1,2,3")
+    folds = list(range(args.cv_folds))
+    if args.folds:
+        folds = [int(k) for k in args.folds.split(",") if k.strip().isdigit()]
+        if len(folds) != len(args.folds.split(",")) or not all(k < args.cv_folds for k in folds):
+            parser.error(f"--folds {args.folds}: give folds 0 to K-1 of --cv-folds K, e.g. --cv-folds 10 --folds 8,9")
     # Groups of runs that share a validation split: the seeds, or the seeds of each fold.
-    groups = [[f"--data.cv_folds={args.cv_folds}", f"--data.cv_fold={k}"] for k in range(args.cv_folds)] or [[]]
+    groups = [[f"--data.cv_folds={args.cv_folds}", f"--data.cv_fold={k}"] for k in folds] or [[]]
     # Cross-validation reports the last model on each held-out fold; seeds report the selected one.
     report = args.report or ("final" if args.cv_folds else "best")
     runs, ensembles = [], []

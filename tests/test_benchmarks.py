@@ -56,12 +56,13 @@ def test_accuracy_script_trains_every_seed_on_every_fold_and_scores_their_ensemb
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
     # Seed 1 twice: each fold's ensemble is of two copies of one model, so it must score exactly as
     # the trainer scored that model on the held-out fold (the same fold, labels and predictions).
-    command = [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--no-bow", "--cv-folds", "2", "--seeds",
-               "1,1", "--ensemble", "--", "--config", "tiny", "--train.epochs=1"]  # fmt: skip
+    # --folds 0,2: only those two of the three folds run.
+    command = [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--no-bow", "--cv-folds", "3", "--folds",
+               "0,2", "--seeds", "1,1", "--ensemble", "--", "--config", "tiny", "--train.epochs=1"]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.splitlines()[-1])
-    folds = [["--data.cv_folds=2", f"--data.cv_fold={k}"] for k in (0, 1)]
+    folds = [["--data.cv_folds=3", f"--data.cv_fold={k}"] for k in (0, 2)]
     assert [r["args"] for r in result["runs"]] == [folds[0], folds[0], folds[1], folds[1]]
     assert [e["args"] for e in result["ensembles"]] == folds
     for ensemble, runs in zip(result["ensembles"], (result["runs"][:2], result["runs"][2:]), strict=True):
@@ -69,5 +70,7 @@ def test_accuracy_script_trains_every_seed_on_every_fold_and_scores_their_ensemb
         assert ensemble["accuracy"] == pytest.approx(runs[0]["final_accuracy"])
         assert ensemble["train_seconds"] == pytest.approx(runs[0]["train_seconds"] + runs[1]["train_seconds"])
     assert result["ensemble_accuracy_mean"] == round(sum(e["accuracy"] for e in result["ensembles"]) / 2, 4)
-    alone = subprocess.run([*command[:6], "1", *command[7:]], cwd=tmp_path, env=env, capture_output=True, text=True)
+    alone = subprocess.run([*command[:8], "1", *command[9:]], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert alone.returncode == 2 and "--ensemble needs two or more --seeds" in alone.stderr  # nothing to average
+    beyond = subprocess.run([*command[:6], "0,3", *command[7:]], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert beyond.returncode == 2 and "--folds 0,3: give folds 0 to K-1 of --cv-folds K" in beyond.stderr
