@@ -104,9 +104,10 @@ def main() -> dict:
         parser.error("--ensemble needs two or more --seeds, e.g. --seeds 1,2,3")
     folds = list(range(args.cv_folds))
     if args.folds:
-        folds = [int(k) for k in args.folds.split(",") if k.strip().isdigit()]
-        if len(folds) != len(args.folds.split(",")) or not all(k < args.cv_folds for k in folds):
-            parser.error(f"--folds {args.folds}: give folds 0 to K-1 of --cv-folds K, e.g. --cv-folds 10 --folds 8,9")
+        parts = [k.strip() for k in args.folds.split(",")]
+        folds = [int(k) for k in parts if k.isdigit() and int(k) < args.cv_folds]
+        if len(set(folds)) != len(parts):  # a fold out of range, not a number, or given twice
+            parser.error(f"--folds {args.folds}: give folds 0 to K-1 of --cv-folds K, each once, e.g. --folds 8,9")
     # Groups of runs that share a validation split: the seeds, or the seeds of each fold.
     groups = [[f"--data.cv_folds={args.cv_folds}", f"--data.cv_fold={k}"] for k in folds] or [[]]
     # Cross-validation reports the last model on each held-out fold; seeds report the selected one.
