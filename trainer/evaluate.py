@@ -53,9 +53,10 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     datasets.disable_progress_bars()  # one result, not a progress bar per step
     models = [load_exported(path) for path in args.model]
     meta = models[0][2]
-    names = [meta["id2label"][str(i)] for i in range(len(meta["id2label"]))]
+    labels = [[m["id2label"][str(i)] for i in range(len(m["id2label"]))] for *_, m in models]
+    names = labels[0]
     try:
-        check_same_labels([[m["id2label"][str(i)] for i in range(len(m["id2label"]))] for *_, m in models], args.model)
+        check_same_labels(labels, args.model)
     except UserError as exc:
         exc.on_every_rank = True
         raise

@@ -155,15 +155,24 @@ class Ensemble:
         check_same_labels([member.labels for member in self.members], names)
         self.labels, self.max_length = self.members[0].labels, self.members[0].max_length
 
+    def _averaged(self, texts: Sequence[str], batch_size: int) -> tuple[torch.Tensor, list[Encoding]]:
+        """The members' average probabilities and the first member's encodings (read once)."""
+        _check_texts(texts)
+        first, *others = self.members
+        encodings = first.encode(texts)
+        scores = [first._scores(encodings, batch_size, attention=False)[0]]
+        scores += [member.probabilities(texts, batch_size) for member in others]
+        return torch.stack(scores).mean(0), encodings
+
     def probabilities(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
         """(N, C) the members' average class probabilities, in the order of ``texts``."""
-        return torch.stack([member.probabilities(texts, batch_size) for member in self.members]).mean(0)
+        return self._averaged(texts, batch_size)[0]
 
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
         """One prediction per text, in order, from the averaged probabilities."""
-        probabilities = self.probabilities(texts, batch_size)
+        probabilities, encodings = self._averaged(texts, batch_size)
         first = self.members[0]
-        return [Prediction(**first._prediction(p, e)) for p, e in zip(probabilities, first.encode(texts), strict=True)]
+        return [Prediction(**first._prediction(p, e)) for p, e in zip(probabilities, encodings, strict=True)]
 
     def explain(self, text: str) -> Explanation:
         return self.explain_batch([text])[0]
