@@ -46,6 +46,7 @@ IMDB = REPO.parent / "shared" / "data" / "imdb" / "train.csv.gz"
 from bench_step import FusedBiLSTM  # noqa: E402
 from seed_baseline import SeedSentimentRNN, pad_fixed  # noqa: E402
 
+from trainer.hardware import cpu_info  # noqa: E402
 from trainer.model import ModelConfig, SentimentRNN, classification_loss  # noqa: E402
 
 SIZES = {  # the `imdb` preset's model, and a larger one a GPU is for
@@ -265,6 +266,7 @@ def main() -> dict:
               "data": source, "batch_size": args.batch_size, "max_length": args.max_length,
               "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
               "correctness": correctness(next(iter(sizes.values())), grouped[0], device, vocab_size)}  # fmt: skip
+    result["cpu"] = cpu_info()
     precisions = ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32", "bf16")
     for size, config in sizes.items():
         torch.manual_seed(0)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
 import time
@@ -234,7 +233,6 @@ def main() -> dict:
         "config": {"max_length": config.data.max_length, "batch_size": config.train.batch_size}
         | {k: getattr(config.model, k) for k in ("embedding_dim", "hidden_dim", "num_layers", "bidirectional")},
         "threads": torch.get_num_threads(),
-        "cpu": cpu_name(),
         "steps": args.steps,
         "rounds": args.rounds,
         "padding_efficiency": round(real_tokens / sum(b["input_ids"].numel() for b in batches[2:]), 3),
@@ -247,15 +245,8 @@ def main() -> dict:
     return report
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return os.uname().machine
-
-
 if __name__ == "__main__":
-    print(json.dumps(main()))
+    from trainer.hardware import cpu_info, describe_cpu
+
+    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
+    print(json.dumps({"cpu": cpu_info(), **main()}))

@@ -77,7 +77,9 @@ def padding_efficiency(run_dir: Path) -> float:
 
     config = load_config(str(run_dir / "config.yaml"), [])
     data = prepare_data(config.data, config.tokenizer)
-    loader, _ = build_dataloaders(data, config.data, config.train.batch_size, config.train.batch_size)
+    precision = json.loads((run_dir / "run_info.json").read_text())["mixed_precision"]
+    batch_size = config.train.batch_size
+    loader, _ = build_dataloaders(data, config.data, batch_size, batch_size, mixed_precision=precision != "no")
     real = computed = 0
     for batch in loader:
         real += int(batch["lengths"].sum())
@@ -152,4 +154,7 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main()))
+    from trainer.hardware import cpu_info, describe_cpu
+
+    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
+    print(json.dumps({"cpu": cpu_info(), **main()}))

@@ -39,4 +39,7 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1:])))
+    from trainer.hardware import cpu_info, describe_cpu
+
+    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
+    print(json.dumps({"cpu": cpu_info(), **main(sys.argv[1:])}))

@@ -85,4 +85,7 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main()))
+    from trainer.hardware import cpu_info, describe_cpu
+
+    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
+    print(json.dumps({"cpu": cpu_info(), **main()}))

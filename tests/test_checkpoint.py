@@ -3,8 +3,10 @@
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -207,6 +209,7 @@ def test_auto_resume_never_redoes_a_finished_run(tmp_path):
     [
         ("--train.batch_size=16", "batch_size 32 -> 16"),
         ("--optim.embedding_lr_scale=3", "embedding_lr_scale 1.0 -> 3.0"),
+        ("--model.hidden_dim=24", "model.hidden_dim 16 -> 24"),
     ],
 )
 def test_resuming_with_another_setup_is_refused(tmp_path, change, named):
@@ -214,3 +217,94 @@ def test_resuming_with_another_setup_is_refused(tmp_path, change, named):
     train(run, env=faults(FAULT_AT_STEP=6, FAULT_KIND="kill"), expect=-signal.SIGKILL)
     result = train(run, "--resume", "auto", change, expect=2)
     assert f"was made with another setup ({named}); resume with the same one" in result.stderr
+
+
+def checkpoint_files(run: Path) -> dict[str, bytes]:
+    root = run / "checkpoints"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resume_auto_never_trains_into_a_folder_of_other_files(tmp_path):
+    run = tmp_path / "mine"
+    run.mkdir()
+    files = {"config.yaml": "model: {}\n", "metrics.jsonl": '{"step": 1}\n', "notes.txt": "my notes"}
+    for name, text in files.items():
+        (run / name).write_text(text)
+    result = train(run, "--resume", "auto", expect=2)
+    assert "holds files but no run of this trainer (no run_info.json)" in result.stderr
+    assert {p.name: p.read_text() for p in run.iterdir()} == files
+
+
+def test_a_copied_run_folder_resumes_from_its_newest_checkpoint(reference, tmp_path):
+    run = tmp_path / "run"
+    train(run, env=faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    # As cp -r leaves them: modification times of the copy, in the order it copied (here: step 8 first).
+    now = time.time()
+    for age, name in ((100, "step-00000008"), (0, "step-00000004")):
+        for path in (copy / "checkpoints" / name).rglob("*"):
+            os.utime(path, (now - age, now - age))
+    result = train(copy, "--resume", "auto")
+    assert "resumed from" in result.stdout and "step-00000008 at step 8" in result.stdout
+    assert digest(copy) == digest(reference)
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    result = train(run, env=faults(FAULT_AT_STEP=6, FAULT_KIND="nan"), expect=2)
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: training diverged by step 8") and "Traceback" not in result.stderr
+    assert "step-00000004" in lines[-1] and "Lower --optim.lr" in lines[-1]
+    saved = checkpoint_files(run)
+    assert sorted({name.split("/")[0] for name in saved}) == ["step-00000004"], "nothing saved after step 4"
+    assert not (run / "final").exists() and "final_step" not in read_json(run / "run_info.json")
+    result = train(run, "--resume", "auto")  # without the fault it goes on from the good checkpoint
+    assert "step-00000004 at step 4" in result.stdout and read_json(run / "run_info.json")["final_step"] == 34
+
+
+def test_with_every_checkpoint_corrupted_resume_refuses_without_claiming_a_fresh_start(tmp_path):
+    run = tmp_path / "run"
+    train(run, env=faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    for name in ("step-00000004", "step-00000008"):
+        weights = run / "checkpoints" / name / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    before = checkpoint_files(run)
+    result = train(run, "--resume", "auto", expect=2)
+    assert "holds results but no intact checkpoint to resume from" in result.stderr
+    assert "starting from scratch" not in result.stdout + result.stderr
+    assert checkpoint_files(run) == before
+
+
+def test_a_metrics_line_cut_by_a_kill_does_not_stop_resume_or_plots(tmp_path):
+    run = tmp_path / "run"
+    train(run, env=faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 11, "train/lo')  # a record cut mid-write
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.plot", str(run)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0 and (run / "plots" / "loss.png").is_file(), done.stderr
+    train(run, "--resume", "auto")
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl") if "train/loss" in r][-1] == 34
+
+
+def test_ctrl_c_stops_and_says_how_to_resume(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "trainer", *COMMON, f"--train.output_dir={run}", "--train.epochs=200"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints").is_dir() or not any((run / "checkpoints").glob("step-*")):
+        assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint was saved"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted at step ") and "with --resume auto" in last and str(run) in last, err
+    assert "Traceback" not in err

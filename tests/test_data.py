@@ -196,3 +196,15 @@ def test_cross_validation_folds_partition_the_data(tmp_path):
     both = DataConfig(train_files=[str(path)], validation_files=[str(path)], cv_folds=5)
     with pytest.raises(UserError, match="cv_folds needs data without a validation split"):
         clean_splits(load_raw_splits(both), both)
+
+
+def test_length_buckets_bound_the_padding_and_the_number_of_shapes():
+    from trainer.tokenizer import padded_width
+
+    for buckets in (4, 8, 16):
+        widths = {n: padded_width(n, 1, buckets) for n in range(1, 2049)}
+        assert all(n <= w <= n * (1 + 1 / buckets) for n, w in widths.items())
+        assert len(set(widths.values())) <= 2 * buckets + buckets * 11  # per doubling, up to 2048
+    assert len({padded_width(n, 1, 8) for n in range(1, 513)}) == 56  # instead of 512 without buckets
+    assert {padded_width(n, 8, 8) % 8 for n in range(1, 513)} == {0}
+    assert [padded_width(n) for n in (1, 5, 300)] == [1, 5, 300]  # off: the longest row

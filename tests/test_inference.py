@@ -181,13 +181,16 @@ def less_sure_copy(model_dir: Path, out: Path) -> Path:
     first 12 tokens (so it orders texts by length unlike the original)."""
     from safetensors.torch import load_file, save_file
 
+    from trainer.checkpoint import _sha256
+
     shutil.copytree(model_dir, out)
-    config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps(config | {"max_length": 12}))
     weights = load_file(str(out / "model.safetensors"))
     weights["classifier.weight"] = weights["classifier.weight"] * 0.25
     weights["classifier.bias"] = weights["classifier.bias"] + 0.5
     save_file(weights, str(out / "model.safetensors"))
+    config = json.loads((out / "config.json").read_text())
+    changed = {"max_length": 12, "weights_sha256": _sha256(out / "model.safetensors")}  # new weights, on purpose
+    (out / "config.json").write_text(json.dumps(config | changed))
     return out
 
 
@@ -372,3 +375,50 @@ def test_bad_input_files_are_clear_one_line_errors(trained, tmp_path):
         done = cli(module, ["--model", model, *args], tmp_path)
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_run_folder_given_as_model_points_to_its_exports(trained, tmp_path):
+    for module, extra in (("predict", ["a text"]), ("evaluate", ["--data", "x.csv"])):
+        done = cli(module, ["--model", str(trained), *extra], tmp_path)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert f"{trained} is a run folder, not a model folder; give {trained}/best or {trained}/final" in done.stderr
+
+
+def test_evaluate_names_its_own_option_for_a_missing_file(trained, tmp_path):
+    done = cli("evaluate", ["--model", str(trained / "best"), "--data", "absent.csv"], tmp_path)
+    assert done.returncode == 2 and "data file absent.csv does not exist; check --data" in done.stderr
+    assert "--data.train_files" not in done.stderr
+
+
+def test_a_damaged_export_is_refused_instead_of_predicting_nan(trained, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(trained / "best", damaged)
+    weights = damaged / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    (header_size,) = struct.unpack("<Q", bytes(data[:8]))
+    start = 8 + header_size  # the tensors, after the header: size and header stay intact
+    data[start : start + 50_000] = b"\xff" * min(50_000, len(data) - start)  # 0xffffffff is a float32 nan
+    weights.write_bytes(bytes(data))
+    done = cli("predict", ["--model", str(damaged), "a wonderful film"], tmp_path)
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert "does not match the checksum in config.json" in done.stderr
+    # Without the checksum (an export from before it existed), the nan weights are found all the same.
+    meta = json.loads((damaged / "config.json").read_text())
+    del meta["weights_sha256"]
+    (damaged / "config.json").write_text(json.dumps(meta))
+    done = cli("predict", ["--model", str(damaged), "a wonderful film"], tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "holds non-finite (nan or inf) weights" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_predict_html_goes_into_a_new_folder_and_an_unwritable_one_fails_before_predicting(trained, tmp_path):
+    model = str(trained / "best")
+    page = tmp_path / "new" / "folder" / "page.html"
+    done = cli("predict", ["--model", model, "--html", str(page), "a wonderful film"], tmp_path)
+    assert done.returncode == 0 and page.is_file() and "a wonderful film" in done.stdout, done.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    done = cli("predict", ["--model", model, "--html", str(blocker / "page.html"), "a wonderful film"], tmp_path)
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert "is a file, not a folder" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert blocker.read_text() == "mine"

@@ -269,13 +269,33 @@ def test_roc_auc_as_best_metric_needs_two_classes(tmp_path, capsys):
     assert "needs two classes; the data has 3" in err
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_auto_precision_is_bf16_only_on_a_cpu_that_runs_it_natively(tmp_path, monkeypatch, native):
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+CPUS = {
+    "AMD EPYC": "fpu avx2 avx512f avx512_bf16 avx512_vnni",  # native bf16
+    "Intel(R) Xeon(R) CPU @ 2.80GHz": "fpu avx2 avx512f avx512_vnni",  # AVX512 but bf16 only emulated
+    "Intel(R) Xeon(R) Platinum 8480+": "fpu avx2 avx512f amx_bf16 amx_tile",  # AMX
+}
+
+
+@pytest.mark.parametrize("model", list(CPUS))
+def test_auto_precision_is_bf16_only_on_a_cpu_that_runs_it_natively(tmp_path, monkeypatch, model):
+    from trainer import hardware
+
+    monkeypatch.setattr(hardware, "_proc_cpuinfo", lambda: {"model name": model, "flags": CPUS[model]})
+    hardware.cpu_info.cache_clear()
     run = tmp_path / "run"
     args = ["--config", "tiny", f"--train.output_dir={run}", "--train.mixed_precision=auto", "--train.max_steps=2"]
-    assert main([*args, "--train.cpu=true", "--logging.tracker=none"]) == 0
-    assert read_json(run / "run_info.json")["mixed_precision"] == ("bf16" if native else "no")
+    try:
+        assert main([*args, "--train.cpu=true", "--logging.tracker=none"]) == 0
+    finally:
+        hardware.cpu_info.cache_clear()
+    info = read_json(run / "run_info.json")
+    native = "bf16" in CPUS[model]
+    assert info["mixed_precision"] == ("bf16" if native else "no")
+    assert info["mixed_precision_requested"] == "auto"
+    assert info["cpu"]["model"] == model and info["cpu"]["native_bf16"] is native
+    assert info["cpu"]["flags"]["avx512f"] and info["cpu"]["flags"]["avx512_bf16"] is ("avx512_bf16" in CPUS[model])
+    reason = info["mixed_precision_reason"]
+    assert ("runs bf16 natively" in reason) if native else ("neither AVX512-BF16 nor AMX" in reason)
 
 
 def test_a_word_vector_file_of_the_wrong_size_is_a_one_line_error(tmp_path, capsys):

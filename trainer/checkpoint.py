@@ -114,7 +114,8 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, keep_last: in
     accelerator.save_state(str(tmp), safe_serialization=True)  # every rank writes its RNG states
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_NAME).write_text(json.dumps(state.state_dict(), indent=2) + "\n", encoding="utf-8")
+        saved = {**state.state_dict(), "save_sequence": next_save_sequence(root)}
+        (tmp / STATE_NAME).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
         # The manifest goes last: a folder without one was not finished.
@@ -130,21 +131,33 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, keep_last: in
     return final
 
 
-def list_checkpoints(root: Path) -> list[Path]:
-    """Checkpoint folders, oldest first by when they were completed (the manifest is written last).
+def save_sequence(path: Path) -> int:
+    """The order in which checkpoint ``path`` was saved among the run's checkpoints (0: unknown).
 
-    Completion time, not step number: after resuming from an older checkpoint, the new saves are
-    the current ones, even where folders of higher steps remain from the abandoned continuation.
+    Saved in its train_state.json, so copies (``cp -r``, rsync without ``-t``) keep it, where
+    file modification times would not.
+    """
+    try:
+        value = json.loads((path / STATE_NAME).read_text(encoding="utf-8")).get("save_sequence", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return value if isinstance(value, int) else 0
+
+
+def next_save_sequence(root: Path) -> int:
+    return 1 + max((save_sequence(path) for path in list_checkpoints(root)), default=0)
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders, oldest first in the order they were saved (then by step).
+
+    Save order, not step number: after resuming from an older checkpoint, the new saves are the
+    current ones, even where folders of higher steps remain from the abandoned continuation.
     """
     if not root.is_dir():
         return []
     folders = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
-
-    def completed(path: Path) -> tuple[float, str]:
-        manifest = path / MANIFEST_NAME
-        return (manifest.stat().st_mtime if manifest.is_file() else path.stat().st_mtime, path.name)
-
-    return sorted(folders, key=completed)
+    return sorted(folders, key=lambda path: (save_sequence(path), path.name))
 
 
 def prune_checkpoints(root: Path, keep_last: int, best_step: int | None) -> None:
@@ -199,7 +212,8 @@ def refuse_unsafe_pickles(path: Path) -> None:
 
 
 def find_resume_checkpoint(run_dir: Path, resume: str, report) -> Path | None:
-    """The checkpoint to resume from: ``auto`` takes the newest intact one, reporting skipped ones."""
+    """The checkpoint to resume from: ``auto`` takes the newest intact one, reporting skipped ones
+    (None if there is none)."""
     if resume == "none":
         return None
     if resume != "auto":
@@ -216,7 +230,6 @@ def find_resume_checkpoint(run_dir: Path, resume: str, report) -> Path | None:
             return path
         report(f"checkpoint {path} is {problem if problem.startswith('incomplete') else 'corrupted: ' + problem}; "
                "trying the one before")  # fmt: skip
-    report(f"no checkpoint to resume from in {Path(run_dir) / CHECKPOINTS_DIR}: starting from scratch")
     return None
 
 
@@ -226,6 +239,7 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> None:
     ``state.setup`` must hold the current run's setup: a checkpoint made with another one is refused.
     """
     saved = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
+    saved.pop("save_sequence", None)
     # Checkpoints older than train.ema_decay or optim.embedding_lr_scale were made without them.
     saved_setup = {"ema_decay": 0.0, "embedding_lr_scale": 1.0, **saved.get("setup", {})}
     changed = {k: (v, state.setup.get(k)) for k, v in saved_setup.items() if state.setup.get(k) != v}
@@ -238,7 +252,13 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> None:
     if not (path / f"random_states_{accelerator.process_index}.pkl").is_file():
         raise UserError(f"checkpoint {path} has no RNG state for process {accelerator.process_index}")
     refuse_unsafe_pickles(path)
-    accelerator.load_state(str(path))
+    try:
+        accelerator.load_state(str(path))
+    except (RuntimeError, KeyError, ValueError) as exc:  # tensors of other shapes, missing keys
+        first = str(exc).strip().splitlines()[0][:200]
+        raise UserError(
+            f"checkpoint {path} does not fit this model ({first}); resume with the settings it was made with"
+        ) from exc
     state.load_state_dict(saved)
 
 
@@ -265,6 +285,8 @@ def export_model(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in state.values() if tensor.is_floating_point()):
+        raise ValueError("refusing to export non-finite (nan or inf) weights")  # the trainer stops before this
     save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
     meta = {
         "architecture": "SentimentRNN",
@@ -275,6 +297,7 @@ def export_model(
         "max_length": max_length,
         "id2label": {str(i): name for i, name in enumerate(label_names)},
         "tokenizer_sha256": _tokenizer_digest(tokenizer),
+        "weights_sha256": _sha256(tmp / WEIGHTS_NAME),
         **(extra or {}),
     }
     (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -294,6 +317,10 @@ def load_exported(model_dir: str | Path) -> tuple[SentimentRNN, Tokenizer, dict]
     if not model_dir.is_dir():
         raise UserError(f"model folder {model_dir} does not exist; give an exported folder such as runs/<run>/best")
     missing = [n for n in (WEIGHTS_NAME, CONFIG_NAME, TOKENIZER_NAME) if not (model_dir / n).is_file()]
+    exports = [name for name in ("best", "final") if (model_dir / name / WEIGHTS_NAME).is_file()]
+    if missing and exports:
+        choices = " or ".join(str(model_dir / name) for name in exports)
+        raise UserError(f"{model_dir} is a run folder, not a model folder; give {choices}")
     if missing:
         raise UserError(f"{model_dir} is not a complete model folder: missing {', '.join(missing)}")
     try:
@@ -304,13 +331,26 @@ def load_exported(model_dir: str | Path) -> tuple[SentimentRNN, Tokenizer, dict]
             raise KeyError(", ".join(missing))
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{model_dir / CONFIG_NAME} is not a valid model config ({type(exc).__name__}: {exc})") from exc
+    expected = meta.get("weights_sha256")  # exports older than the checksum have none
+    if expected and _sha256(model_dir / WEIGHTS_NAME) != expected:
+        raise UserError(
+            f"{model_dir / WEIGHTS_NAME} does not match the checksum in {CONFIG_NAME}: the file was damaged or "
+            "changed after export; restore it or export the model again"
+        )
     try:
-        model.load_state_dict(load_file(str(model_dir / WEIGHTS_NAME)))
+        weights = load_file(str(model_dir / WEIGHTS_NAME))
+        model.load_state_dict(weights)
     except Exception as exc:  # safetensors header errors, missing keys, shape mismatches
         first = str(exc).strip().splitlines()[0][:200]
         raise UserError(
             f"{model_dir / WEIGHTS_NAME} does not match {CONFIG_NAME} ({first}); re-export the model"
         ) from exc
+    bad = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise UserError(
+            f"{model_dir / WEIGHTS_NAME} holds non-finite (nan or inf) weights in {', '.join(bad[:3])}; "
+            "it cannot predict: use another export"
+        )
     model.eval()
     tokenizer = load_tokenizer(model_dir / TOKENIZER_NAME)
     expected = meta.get("tokenizer_sha256")

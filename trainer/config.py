@@ -14,7 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from trainer.checkpoint import CheckpointConfig
@@ -182,16 +183,36 @@ def _merge(base, other, source: str):
         raise UserError(f"invalid config from {source}: {str(exc).splitlines()[0]}") from exc
 
 
+def read_yaml(path: Path) -> DictConfig:
+    """A config file as a mapping of sections; syntax errors name the line, column and problem."""
+    try:
+        loaded = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config file {path} ({exc}); check the file") from exc
+    except yaml.MarkedYAMLError as exc:  # syntax errors, a key given twice
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise UserError(f"{where}: {exc.problem or exc.context} (invalid YAML); fix the file") from exc
+    except (yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}; fix the file") from exc
+    if not isinstance(loaded, DictConfig):
+        raise UserError(f"{path} holds a list; a config file is a mapping of sections (data:, model:, train:, ...)")
+    sections = _valid_keys("")
+    for key in loaded:
+        if key in sections and not isinstance(loaded[key], DictConfig) and loaded[key] is not None:
+            raise UserError(
+                f"{path}: section {key!r} must be a mapping of its keys (like '{key}:' then indented "
+                f"'key: value' lines), not {loaded[key]!r}"
+            )
+    return loaded
+
+
 def load_config(preset: str | None, overrides: list[str]) -> Config:
     """defaults < preset or file < overrides; returns a checked ``Config``."""
     merged = OmegaConf.structured(Config)
     if preset:
         path = resolve_preset(preset)
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as exc:
-            raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-        merged = _merge(merged, loaded, str(path))
+        merged = _merge(merged, read_yaml(path), str(path))
     merged = _merge(merged, OmegaConf.from_dotlist(parse_overrides(overrides)), "the command line")
     try:
         return OmegaConf.to_object(merged)

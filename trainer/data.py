@@ -8,8 +8,11 @@ second run on the same data and tokenizer loads them instead of redoing the work
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import json
+import lzma
 import os
 import random
 import time
@@ -19,12 +22,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from trainer import corpus
-from trainer.errors import UserError, check_range
+from trainer.errors import UserError, check_range, check_writable_dir
 from trainer.labels import LabelMap
 from trainer.tokenizer import (
     TokenizerConfig,
@@ -59,6 +64,9 @@ class DataConfig:
         metadata={"help": "Hub split to validate on; auto: 'validation' if there is one; null: carve from train"},
     )
     text_column: str = field(default="text", metadata={"help": "column holding the text"})
+    csv_delimiter: str | None = field(
+        default=None, metadata={"help": "the field separator of csv files (default: ',' for .csv, tab for .tsv)"}
+    )
     label_column: str = field(default="label", metadata={"help": "column holding the label"})
     validation_fraction: float = field(
         default=0.1, metadata={"help": "share of train carved out for validation when none is given"}
@@ -77,6 +85,17 @@ class DataConfig:
     group_by_length: bool = field(
         default=True, metadata={"help": "batch texts of similar length together (less padding)"}
     )
+    pad_to_multiple_of: int | None = field(
+        default=None,
+        metadata={"help": "pad batches to a multiple of this many tokens (default: 8 under mixed precision, else 1)"},
+    )
+    length_buckets: int = field(
+        default=8,
+        metadata={
+            "help": "pad each batch up to one of this many widths per doubling of length (at most 1/N more "
+            "tokens; far fewer distinct shapes, each of which costs new kernels on a CPU; 0 = off)"
+        },
+    )
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     cache_dir: str | None = field(
         default=None,
@@ -92,7 +111,12 @@ class DataConfig:
         if self.validation_files and not self.train_files:
             raise UserError("data.validation_files needs data.train_files too (local files for both splits)")
         check_range("data.max_length", self.max_length, 1)
+        if self.csv_delimiter is not None and len(self.csv_delimiter) != 1:
+            raise UserError(f"data.csv_delimiter={self.csv_delimiter!r} must be one character, e.g. ';'")
         check_range("data.num_workers", self.num_workers, 0)
+        check_range("data.length_buckets", self.length_buckets, 0)
+        if self.pad_to_multiple_of is not None:
+            check_range("data.pad_to_multiple_of", self.pad_to_multiple_of, 1)
         for key in ("max_train_examples", "max_eval_examples"):
             if getattr(self, key) is not None:
                 check_range(f"data.{key}", getattr(self, key), 1)
@@ -135,11 +159,19 @@ def _file_format(path: str) -> str:
     return ext
 
 
-def _file_identity(paths: list[str]) -> list:
+def _file_identity(paths: list[str], option: str = "--data.train_files / --data.validation_files") -> list:
+    """[path, size, mtime] of each file; a missing, unreadable or non-file path is an error naming ``option``."""
     identity = []
     for path in paths:
+        if os.path.isdir(path):
+            raise UserError(f"{path} is a folder, not a data file; give the files in it (check {option})")
         if not os.path.isfile(path):
-            raise UserError(f"data file {path} does not exist; check --data.train_files / --data.validation_files")
+            raise UserError(f"data file {path} does not exist; check {option}")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise UserError(f"cannot read data file {path} ({exc.strerror}); check its permissions") from exc
         stat = os.stat(path)
         identity.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
     return identity
@@ -169,14 +201,16 @@ def source_identity(config: DataConfig) -> dict:
     return {"hub": hub, **prep}
 
 
-def _load_files(paths: list[str]) -> datasets.Dataset:
+def _load_files(paths: list[str], delimiter: str | None = None) -> datasets.Dataset:
     formats = {FORMATS[_file_format(p)] for p in paths}
     if len(formats) > 1:
         raise UserError(f"files {paths} mix formats; give files of one format per split")
     builder = formats.pop()
     kwargs = {"keep_default_na": False} if builder == "csv" else {}
-    if builder == "csv" and all(_file_format(p) == "tsv" for p in paths):
-        kwargs["sep"] = "\t"
+    if builder == "csv" and (delimiter or all(_file_format(p) == "tsv" for p in paths)):
+        kwargs["sep"] = delimiter or "\t"
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its log lines would precede ours
     try:
         return datasets.load_dataset(builder, data_files=paths, split="train", **kwargs)
     except UnicodeDecodeError as exc:
@@ -191,7 +225,56 @@ def _load_files(paths: list[str]) -> datasets.Dataset:
         cause = exc.__cause__ or exc
         if isinstance(cause, UnicodeDecodeError):
             raise UserError(f"{', '.join(paths)} is not valid UTF-8 text; convert it, e.g. with iconv") from exc
+        if builder == "json":
+            for path in paths:
+                problem = _json_problem(path)
+                if problem:
+                    raise UserError(f"{problem}; fix the file (JSON Lines: one object per line)") from exc
+        if builder == "csv" and "sep" not in kwargs:
+            for path in paths:
+                separator = _other_separator([(_read_text(path, first_line=True) or "").rstrip("\r\n")])
+                if separator:
+                    raise UserError(_separator_problem(path, separator, "--data.csv_delimiter")) from exc
         raise UserError(f"could not read {', '.join(paths)}: {str(cause).splitlines()[0]}") from exc
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+
+
+def _read_text(path: str, first_line: bool = False) -> str | None:
+    """A data file's text (or its first line), decompressed; None where the standard library
+    cannot read it (.zst, .zip) or it is not UTF-8: the caller's own message then stands."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".zst", ".zip"):
+        return None
+    module = {".gz": gzip, ".bz2": bz2, ".xz": lzma}.get(suffix)
+    try:
+        with module.open(path, "rt", encoding="utf-8") if module else open(path, encoding="utf-8") as f:
+            return f.readline() if first_line else f.read()
+    except (OSError, UnicodeDecodeError, EOFError):
+        return None
+
+
+def _json_problem(path: str) -> str | None:
+    """``path:line: problem`` for the first malformed record of a JSON or JSON Lines file, or None."""
+    text = _read_text(path)
+    if text is None:
+        return None
+    if text.lstrip().startswith("["):  # one JSON document
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            return f"{path}:{exc.lineno}:{exc.colno}: {exc.msg}"
+        return None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return f"{path}:{number}: not a JSON object ({exc.msg})"
+        if not isinstance(record, dict):
+            return f"{path}:{number}: a JSON {type(record).__name__}, not an object"
+    return None
 
 
 def _load_hub(config: DataConfig) -> datasets.DatasetDict:
@@ -214,8 +297,9 @@ def _load_hub(config: DataConfig) -> datasets.DatasetDict:
 def load_raw_splits(config: DataConfig) -> dict[str, datasets.Dataset | None]:
     """The raw train and (possibly missing) validation splits, before any cleaning."""
     if config.source == "files":
-        validation = _load_files(config.validation_files) if config.validation_files else None
-        return {"train": _load_files(config.train_files), "validation": validation}
+        delimiter = config.csv_delimiter
+        validation = _load_files(config.validation_files, delimiter) if config.validation_files else None
+        return {"train": _load_files(config.train_files, delimiter), "validation": validation}
     if config.source == "builtin":
         return {"train": datasets.Dataset.from_dict(corpus.generate_corpus(config.builtin)), "validation": None}
     splits = _load_hub(config)
@@ -240,7 +324,7 @@ def load_labelled(source: str, split: str = "test", text_column: str = "text", l
     """
     config = DataConfig(name=source, config_name=config_name, text_column=text_column, label_column=label_column)
     if os.path.exists(source) or _extension(source) in FORMATS:  # a path, maybe a missing one
-        _file_identity([source])  # a clear error for a missing file or a folder
+        _file_identity([source], "--data")  # a clear error for a missing file or a folder
         ds, where = _load_files([source]), source
     else:
         splits = _load_hub(config)
@@ -251,15 +335,25 @@ def load_labelled(source: str, split: str = "test", text_column: str = "text", l
 
 
 def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> datasets.Dataset:
+    training = split in ("train", "validation")  # else a file or split given to evaluate
+    where = f"the {split} split" if training else split
     for key in ("text_column", "label_column"):
         column = getattr(config, key)
+        option = f"--data.{key}" if training else f"--{key.replace('_', '-')}"
         if column not in ds.column_names:
             found = ", ".join(ds.column_names) or "none"
-            if split in ("train", "validation"):  # training data
-                where, option = f"the {split} split", f"--data.{key}"
-            else:  # a file or split given to evaluate
-                where, option = split, f"--{key.replace('_', '-')}"
+            separator = _other_separator(ds.column_names)
+            if separator:
+                raise UserError(_separator_problem(where, separator, "--data.csv_delimiter" if training else None))
             raise UserError(f"{where} has no column {column!r}; columns found: {found} (set {option})")
+    text_feature = ds.features[config.text_column]
+    if not (isinstance(text_feature, datasets.Value) and text_feature.dtype in ("string", "large_string")):
+        kind = text_feature.dtype if isinstance(text_feature, datasets.Value) else type(text_feature).__name__
+        option = "--data.text_column" if training else "--text-column"
+        raise UserError(
+            f"{where}: the text column {config.text_column!r} holds {kind} values, not text; set {option} "
+            "to the column with the texts"
+        )
     ds = ds.select_columns([config.text_column, config.label_column])
     label_feature = ds.features[config.label_column]
     if isinstance(label_feature, datasets.ClassLabel):  # hub datasets: ids -> their names
@@ -276,6 +370,18 @@ def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> dat
     if config.label_column != "label":
         ds = ds.rename_column(config.label_column, "label")
     return ds
+
+
+def _other_separator(columns: list[str]) -> str | None:
+    """The separator a CSV header read as one column seems to use instead of commas (``text;label``), or None."""
+    if len(columns) != 1 or "," in columns[0]:
+        return None
+    return next((sep for sep in (";", "\t", "|") if sep in columns[0]), None)
+
+
+def _separator_problem(where: str, separator: str, option: str | None) -> str:
+    fix = f"{option}='{separator}'" if option else "a comma-separated copy of the file"
+    return f"{where}: its fields seem separated by {separator!r}, not commas (see its header); use {fix}"
 
 
 def _present(value: object) -> bool:
@@ -303,6 +409,21 @@ def encode_labels(ds: datasets.Dataset, label_map: LabelMap, split: str, **map_k
     )
 
 
+def _why_no_rows(ds: datasets.Dataset, split: str, config: DataConfig) -> str:
+    """Which of the text and the label is missing, when no row of ``split`` has both."""
+    if len(ds) == 0:
+        return f"the {split} split holds no rows; check the data"
+    table = ds.with_format("arrow")
+    no_text = sum(not _present(t) for t in table["text"].to_pylist())
+    no_label = sum(not _present(y) for y in table["label"].to_pylist())
+    parts = []
+    if no_text:
+        parts.append(f"{no_text:,} of {len(ds):,} rows have an empty text (column {config.text_column!r})")
+    if no_label:
+        parts.append(f"{no_label:,} of {len(ds):,} rows have an empty label (column {config.label_column!r})")
+    return f"the {split} split has no usable rows: {' and '.join(parts)}; check the data and the column options"
+
+
 def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) -> tuple[dict, LabelMap, dict]:
     """Select and rename columns, drop empty texts, map labels to ids, carve validation, cap sizes."""
     stats: dict = {}
@@ -310,10 +431,11 @@ def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) ->
     for split, ds in raw.items():
         if ds is None:
             continue
-        ds, dropped = _drop_empty(_select_columns(ds, config, split))
+        selected = _select_columns(ds, config, split)
+        ds, dropped = _drop_empty(selected)
         stats[f"{split}_dropped_empty"] = dropped
         if len(ds) == 0:
-            raise UserError(f"the {split} split has no usable rows (all texts empty or missing); check the data")
+            raise UserError(_why_no_rows(selected, split, config))
         splits[split] = ds
 
     label_map = LabelMap.infer(splits["train"].unique("label"))
@@ -349,7 +471,29 @@ def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) ->
         if cap is not None and cap < len(splits[split]):
             splits[split] = splits[split].shuffle(seed=config.split_seed).select(range(cap))
     stats.update({f"{split}_examples": len(ds) for split, ds in splits.items()})
+    stats["validation_rows_in_train"] = shared_texts(splits["train"], splits["validation"])
     return splits, label_map, stats
+
+
+def shared_texts(train: datasets.Dataset, validation: datasets.Dataset, batch_size: int = 100_000) -> int:
+    """How many validation rows have exactly the text of some training row.
+
+    Arrow hash look-ups against the validation texts, the training split read in batches: memory
+    grows with the validation split, not the training one.
+    """
+
+    def texts(table) -> pa.ChunkedArray:  # one string type for both splits (parquet may give large_string)
+        column = table["text"]
+        return pc.cast(column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column]), pa.large_string())
+
+    val_texts = texts(validation.with_format("arrow"))
+    candidates = pc.unique(val_texts)
+    found: list[pa.Array] = []
+    for batch in train.with_format("arrow").iter(batch_size=batch_size):
+        column = texts(batch)
+        found += pc.filter(column, pc.is_in(column, value_set=candidates)).chunks
+    matched = pc.unique(pa.chunked_array(found, type=pa.large_string()))
+    return int(pc.sum(pc.is_in(val_texts, value_set=matched)).as_py() or 0)
 
 
 def _text_batches(ds: datasets.Dataset, batch_size: int = 1000) -> Iterator[list[str]]:
@@ -420,6 +564,7 @@ def prepare_data(
     """
     co = coordination or Coordination()
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    check_writable_dir(cache_dir, "--data.cache_dir", keep=True)
     datasets.disable_progress_bars()  # we report one line per stage instead
     started = time.perf_counter()
     with co.main_process_first():
@@ -523,14 +668,16 @@ class LengthGroupedBatchSampler:
 
 
 class PaddingCollator:
-    """Pads a list of rows to the longest (rounded up to ``pad_to_multiple_of``)."""
+    """Pads a list of rows to the longest, rounded up as ``tokenizer.padded_width`` says."""
 
-    def __init__(self, pad_id: int, pad_to_multiple_of: int = 1) -> None:
+    def __init__(self, pad_id: int, pad_to_multiple_of: int = 1, buckets_per_octave: int = 0) -> None:
         self.pad_id = pad_id
         self.multiple = pad_to_multiple_of
+        self.buckets = buckets_per_octave
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        input_ids, lengths = pad_batch([row["input_ids"] for row in rows], self.pad_id, self.multiple)
+        ids = [row["input_ids"] for row in rows]
+        input_ids, lengths = pad_batch(ids, self.pad_id, self.multiple, self.buckets)
         labels = torch.tensor([row["label"] for row in rows], dtype=torch.long)
         return {"input_ids": input_ids, "lengths": lengths, "labels": labels}
 
@@ -547,7 +694,7 @@ def build_dataloaders(
     eval_batch_size: int,
     num_shards: int = 1,
     seed: int = 0,
-    pad_to_multiple_of: int = 1,
+    mixed_precision: bool = False,
     pin_memory: bool = False,
 ) -> tuple[DataLoader, DataLoader]:
     """Training loader (length-grouped, shard-friendly batches) and validation loader.
@@ -555,7 +702,8 @@ def build_dataloaders(
     Validation goes in order of length (least padding); ``gather_for_metrics`` drops the repeats
     accelerate adds to even out the last batches, so metrics are exact on any number of processes.
     """
-    collate = PaddingCollator(pad_id(data.tokenizer), pad_to_multiple_of)
+    multiple = config.pad_to_multiple_of or (8 if mixed_precision else 1)
+    collate = PaddingCollator(pad_id(data.tokenizer), multiple, config.length_buckets)
     sampler = LengthGroupedBatchSampler(lengths_of(data.train), batch_size, num_shards, seed, config.group_by_length)
     common = {"collate_fn": collate, "num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
     common["pin_memory"] = pin_memory  # page-locked batches copy to a GPU faster

@@ -1,11 +1,19 @@
-"""User-facing errors: one line that names the problem and the fix, exit code 2, no traceback."""
+"""User-facing errors: one line that names the problem and the fix, exit code 2, no traceback.
+
+``UserError`` is raised where a problem is found. ``as_user_error`` is the one place where an
+exception from the operating system or a library (a file that cannot be read or written) becomes
+such a line; every command-line entry point passes what it catches through it.
+"""
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import sys
 import traceback
 from collections.abc import Iterable
+from pathlib import Path
 
 EXIT_USAGE = 2
 
@@ -28,6 +36,41 @@ def print_error(exc: Exception, debug: bool, prefix: str = "") -> None:
     print(f"{prefix}error: {exc}", file=sys.stderr, flush=True)
 
 
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The first OSError naming a file in ``exc`` or its causes (libraries wrap them)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.filename and exc.errno is not None:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+_FIXES = {
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose a path on a writable one",
+    errno.ENOSPC: "the disk is full; free space or choose another path",
+    errno.EDQUOT: "the disk quota is exceeded; free space or choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.EISDIR: "it is a folder; give a file",
+    errno.ENOENT: "check the path",
+}
+
+
+def as_user_error(exc: BaseException) -> UserError | None:
+    """A ``UserError`` for an exception that is the user's to fix (a path that cannot be read or
+    written), else None: anything else is a bug and keeps its traceback."""
+    if isinstance(exc, UserError):
+        return exc
+    os_error = _os_error_in(exc)
+    if os_error is None:
+        return None
+    fix = _FIXES.get(os_error.errno, "check the path")
+    return UserError(f"cannot use {os_error.filename}: {os_error.strerror}; {fix}")
+
+
 def stdout_closed() -> None:
     """After a ``BrokenPipeError`` on stdout (the reader left, e.g. ``| head``): send what is still
     buffered to /dev/null, so that the exit is quiet."""
@@ -42,8 +85,44 @@ def check_choice(key: str, value: object, choices: Iterable[object]) -> None:
 
 
 def check_range(key: str, value: float | int, low: float | None = None, high: float | None = None) -> None:
-    """Check low <= value <= high (either bound may be None)."""
+    """Check low <= value <= high (either bound may be None); nan and ±inf are never in range."""
+    interval = ("(-inf" if low is None else f"[{low}") + ", " + ("inf)" if high is None else f"{high}]")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{key}={value!r} is not a finite number; give one in {interval}")
     if (low is not None and value < low) or (high is not None and value > high):
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        raise UserError(f"{key}={value!r} is out of range; it must be in [{lo}, {hi}]")
+        raise UserError(f"{key}={value!r} is out of range; it must be in {interval}")
+
+
+def check_writable_dir(path: str | Path, option: str, keep: bool = False) -> None:
+    """Fail now, not after the work, if folder ``path`` cannot be created and written to.
+
+    Creates what is missing of it and writes and removes a probe file. Unless ``keep``, it then
+    removes the folders it created, so a run that stops later for another reason leaves nothing
+    behind; call it so from one process only. With ``keep`` (a cache every process shares) the
+    folders stay, and any number of processes may check at once.
+    """
+    path = Path(path)
+    made: list[Path] = []
+    try:
+        existing = path
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UserError(f"{option}={path}: {existing} is a file, not a folder; choose another {option}")
+        if keep:
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            for folder in reversed([path, *path.parents]):
+                if not folder.exists():
+                    folder.mkdir()
+                    made.append(folder)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(
+            f"{option}={path} cannot be written ({exc.strerror or exc}); choose a folder you can write to"
+        ) from exc
+    finally:
+        for folder in reversed(made):  # deepest first
+            folder.rmdir()

@@ -68,6 +68,8 @@ class SentimentModel:
         with torch.inference_mode():
             out = self.model(input_ids.to(self.device), lengths.to(self.device), return_attention=attention)
         logits, weights = out if attention else (out, None)
+        if not torch.isfinite(logits).all():
+            raise UserError("the model gave non-finite (nan or inf) outputs: its weights are damaged; use another one")
         return class_probabilities(logits).cpu(), (weights.cpu() if attention else None)
 
     def _prediction(self, probabilities: torch.Tensor, encoding: Encoding) -> dict:

@@ -61,6 +61,11 @@ class ModelConfig:
         check_range("model.embedding_dropout", self.embedding_dropout, 0.0, 0.99)
         check_range("model.weight_drop", self.weight_drop, 0.0, 0.99)
 
+    def architecture(self) -> dict:
+        """The settings that decide the parameters' shapes (not the regularisation)."""
+        keys = ("cell", "embedding_dim", "hidden_dim", "num_layers", "bidirectional")
+        return {key: getattr(self, key) for key in keys}
+
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Reverse each sequence's first ``lengths[b]`` steps; padding stays where it is.

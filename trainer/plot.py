@@ -12,11 +12,12 @@ series in its ``Description`` text chunk (JSON), for tools and tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 
-from trainer.errors import EXIT_USAGE, UserError, print_error
+from trainer.errors import EXIT_USAGE, UserError, as_user_error, print_error
 
 FIGURES = {
     "loss": ("loss", {"train/loss": "training", "eval/loss": "validation"}),
@@ -36,14 +37,24 @@ def _pyplot():
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl``. A last line without its newline is a record still being
+    written (a running job) or cut by a kill, and is left out; any other bad line is an error."""
     if not path.is_file():
         raise UserError(f"{path} does not exist; give a run folder written by the trainer")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    complete, last = lines[:-1], lines[-1]  # last: "" when the file ends with a newline
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(complete, 1):
+        if not line.strip():
+            continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}:{number} is not a JSON line ({exc.msg}); is this a trainer metrics file?") from exc
+    if last.strip():
+        with contextlib.suppress(json.JSONDecodeError):  # being written, or cut mid-write
+            records.append(json.loads(last))
     return records
 
 
@@ -117,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in plot_run(args.run_dir, args.out):
             print(path)
-    except UserError as exc:
-        print_error(exc, args.debug)
+    except Exception as exc:
+        error = as_user_error(exc)
+        if error is None:
+            raise
+        print_error(error, args.debug)
         return EXIT_USAGE
     return 0
 

@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.errors import EXIT_USAGE, UserError, print_error, stdout_closed
+from trainer.errors import EXIT_USAGE, UserError, as_user_error, check_writable_dir, print_error, stdout_closed
 from trainer.explain import ansi, html_page, top_tokens
 from trainer.inference import load_model
 
@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--explain and --html show one model's attention; give a single --model")
     if args.html and Path(args.html).exists() and not args.overwrite:
         raise UserError(f"{args.html} exists; choose another --html path or pass --overwrite to replace it")
+    if args.html:  # before the predictions are printed, not after; a missing folder is created
+        check_writable_dir(Path(args.html).resolve().parent, "--html")
     texts = list(args.texts)
     if args.file:
         texts += read_texts(args.file, args.text_column)
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {truncated} of {len(results)} texts had more than {model.max_length} tokens and were "
               f"truncated to the first {model.max_length} (the model's max_length)", file=sys.stderr)  # fmt: skip
     if args.html:
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
         Path(args.html).write_text(html_page(results, f"Attention of {args.model[0]}"), encoding="utf-8")
         print(f"wrote {args.html}", file=sys.stderr)
     return 0
@@ -146,12 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size < 1:
             raise UserError(f"--batch-size={args.batch_size} must be at least 1")
         return run(args)
-    except UserError as exc:
-        print_error(exc, args.debug)
-        return EXIT_USAGE
     except BrokenPipeError:  # the reader left (| head)
         stdout_closed()
         return 0
+    except Exception as exc:
+        error = as_user_error(exc)
+        if error is None:
+            raise
+        print_error(error, args.debug)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

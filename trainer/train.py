@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shutil
 import signal
@@ -41,17 +42,19 @@ from trainer.checkpoint import (
     TrainState,
     export_model,
     find_resume_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
     state_digest,
 )
 from trainer.config import Config, config_reference, load_config, preset_names, to_yaml
 from trainer.data import Coordination, LengthGroupedBatchSampler, PreparedData, build_dataloaders, prepare_data
-from trainer.errors import EXIT_USAGE, UserError, print_error
+from trainer.errors import EXIT_USAGE, UserError, as_user_error, check_writable_dir, print_error
+from trainer.hardware import choose_precision, cpu_info
 from trainer.metrics import METRICS_FOR, MetricsLog, Throughput, classification_metrics, is_better
 from trainer.model import SentimentRNN, class_probabilities, classification_loss
 from trainer.optim import build_optimizer, build_scheduler
-from trainer.plot import plot_run
+from trainer.plot import plot_run, read_metrics
 from trainer.preemption import Preemption
 from trainer.tokenizer import pad_id, save_tokenizer
 from trainer.tracking import tracker_resume_kwargs, tracker_setup
@@ -70,28 +73,11 @@ def on_cpu(config: Config) -> bool:
     return config.train.cpu or not torch.accelerator.is_available()
 
 
-def resolve_precision(config: Config) -> str | None:
-    """``auto``: bf16 where it runs natively, fp16 on a GPU without bf16, else no; others unchanged.
-
-    On a CPU with AVX512-BF16 or AMX, oneDNN runs the LSTM in bf16 under autocast (measured 1.5x
-    faster per step than float32 on the `imdb` preset, benchmarks/bench_step.py).
-    """
-    precision = config.train.mixed_precision
-    if precision != "auto":
-        return precision
-    if on_cpu(config):
-        native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        return "bf16" if native else "no"
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    return "no"
-
-
-def build_accelerator(config: Config, log_with: list[str], run_dir: Path) -> Accelerator:
+def build_accelerator(config: Config, log_with: list[str], run_dir: Path, precision: str | None) -> Accelerator:
     try:
         return Accelerator(
             project_dir=run_dir,  # TensorBoard writes under it
-            mixed_precision=resolve_precision(config),
+            mixed_precision=precision,
             gradient_accumulation_steps=config.train.gradient_accumulation_steps,
             log_with=log_with or None,
             cpu=on_cpu(config),
@@ -123,44 +109,69 @@ def resolve_run_dir(config: Config, preset: str, state: PartialState) -> Path:
     run_dir = Path(name)
     problem = None
     if state.is_main_process:  # one verdict for all: on a shared file system the others see the same
-        if run_dir.exists() and not run_dir.is_dir():
-            problem = f"{run_dir} exists and is not a folder; choose another --train.output_dir"
-        elif (
-            run_dir.is_dir()
-            and any(run_dir.iterdir())
-            and not config.train.overwrite
-            and config.checkpoint.resume == "none"
-        ):
-            problem = (
-                f"run folder {run_dir} is not empty; resume it with --resume auto, pass --overwrite to "
-                "start over in it, or choose another --train.output_dir"
-            )
+        try:
+            check_writable_dir(run_dir, "--train.output_dir")
+            problem = run_dir_problem(run_dir, config)
+        except UserError as exc:
+            problem = str(exc)
     problem = broadcast_object_list([problem])[0]
     if problem:
         raise UserError(problem, on_every_rank=True)
     return run_dir
 
 
+def run_dir_problem(run_dir: Path, config: Config) -> str | None:
+    """Why the run may not write into ``run_dir``, or None.
+
+    An empty or missing folder is always fine, and ``--overwrite`` allows any. Resuming needs a run
+    folder (one holding the run_info.json every run writes first): a folder of other files is never
+    trained into, whatever ``--resume`` says.
+    """
+    if config.train.overwrite or not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return None
+    if config.checkpoint.resume == "none":
+        return (
+            f"run folder {run_dir} is not empty; resume it with --resume auto, pass --overwrite to "
+            "start over in it, or choose another --train.output_dir"
+        )
+    if not (run_dir / "run_info.json").is_file():
+        return (
+            f"{run_dir} holds files but no run of this trainer (no run_info.json), so there is nothing to resume; "
+            "choose another --train.output_dir, or pass --overwrite to train into it"
+        )
+    return None
+
+
+def read_run_info(run_dir: Path) -> dict:
+    """The run's run_info.json, or {} where there is none or it is unreadable (a run killed while writing it)."""
+    try:
+        info = json.loads((run_dir / "run_info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def choose_checkpoint(config: Config, run_dir: Path, report) -> tuple[str | None, str | None]:
     """(checkpoint to resume from, or None; a problem that stops the run, or None). Main process."""
     mode, overwrite = config.checkpoint.resume, config.train.overwrite
-    info_path = run_dir / "run_info.json"
-    if mode == "auto" and not overwrite and info_path.is_file() and "final_step" in json.loads(info_path.read_text()):
+    if mode == "auto" and not overwrite and "final_step" in read_run_info(run_dir):
         return None, (
             f"run {run_dir} has already finished: nothing to resume. Choose another --train.output_dir, "
             "or pass --overwrite to start over in it"
         )
     path = find_resume_checkpoint(run_dir, mode, report)
-    has_outputs = any((run_dir / name).exists() for name in ("best", "final", CHECKPOINTS_DIR))
-    if path is None and mode == "auto" and has_outputs and not overwrite:
-        return None, (
-            f"run folder {run_dir} holds results but no intact checkpoint to resume from; pass --overwrite "
-            "to start over in it, or choose another --train.output_dir"
-        )
+    if path is None and mode == "auto":
+        has_outputs = any((run_dir / name).exists() for name in ("best", "final", CHECKPOINTS_DIR))
+        if has_outputs and not overwrite:
+            return None, (
+                f"run folder {run_dir} holds results but no intact checkpoint to resume from; pass --overwrite "
+                "to start over in it, or choose another --train.output_dir"
+            )
+        report(f"no checkpoint to resume from in {run_dir / CHECKPOINTS_DIR}: starting from scratch")
     return (str(path) if path else None), None
 
 
-def run_info(config: Config, accelerator: Accelerator, data_stats: dict) -> dict:
+def run_info(config: Config, accelerator: Accelerator, data_stats: dict, precision_reason: str) -> dict:
     import accelerate
     import datasets
     import tokenizers
@@ -179,6 +190,9 @@ def run_info(config: Config, accelerator: Accelerator, data_stats: dict) -> dict
         "distributed_type": str(accelerator.distributed_type.value),
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
+        "mixed_precision_requested": config.train.mixed_precision,
+        "mixed_precision_reason": precision_reason,
+        "cpu": cpu_info(),
         "global_batch_size": config.train.batch_size
         * accelerator.num_processes
         * config.train.gradient_accumulation_steps,
@@ -305,7 +319,8 @@ def setup(config: Config, preset: str) -> Run:
     # The process group comes first: the run folder (and so the W&B folder) is agreed on it.
     run_dir = resolve_run_dir(config, preset, PartialState(cpu=on_cpu(config)))
     log_with, tracker_kwargs, tracker_note = tracker_setup(config.logging, run_dir)
-    accelerator = build_accelerator(config, log_with, run_dir)
+    precision, precision_reason = choose_precision(config.train.mixed_precision, on_cpu(config))
+    accelerator = build_accelerator(config, log_with, run_dir, precision)
     set_seed(train_cfg.seed)
 
     coordination = Coordination(
@@ -327,7 +342,7 @@ def setup(config: Config, preset: str) -> Run:
         eval_batch_size=train_cfg.eval_batch_size or 2 * train_cfg.batch_size,
         num_shards=accelerator.num_processes,
         seed=train_cfg.seed,
-        pad_to_multiple_of=8 if accelerator.mixed_precision != "no" else 1,
+        mixed_precision=accelerator.mixed_precision != "no",
         pin_memory=accelerator.device.type == "cuda",
     )
     sampler = train_loader.batch_sampler
@@ -354,6 +369,8 @@ def setup(config: Config, preset: str) -> Run:
         "gradient_accumulation_steps": train_cfg.gradient_accumulation_steps, "seed": train_cfg.seed,
         "train_examples": len(data.train), "ema_decay": train_cfg.ema_decay,
         "embedding_lr_scale": config.optim.embedding_lr_scale,  # the optimizer's groups depend on it
+        **{f"model.{key}": value for key, value in config.model.architecture().items()},
+        "vocab_size": data.tokenizer.get_vocab_size(), "num_labels": len(data.label_map.names),
     })  # fmt: skip
     resume_from = None
     if config.checkpoint.resume != "none":
@@ -370,7 +387,7 @@ def setup(config: Config, preset: str) -> Run:
     if resume_from:
         tracker_kwargs = tracker_resume_kwargs(tracker_kwargs, state.tracker_run_id)
 
-    info = run_info(config, accelerator, data.stats)
+    info = run_info(config, accelerator, data.stats, precision_reason)
     info["resumed_from"] = resume_from
     # Which process tokenised and which reused the cache (the main one goes first).
     info["data_per_rank"] = gather_object([data.stats])
@@ -411,8 +428,23 @@ def setup(config: Config, preset: str) -> Run:
     )
     if tracker_note:
         say(accelerator, tracker_note)
+    shared = data.stats["validation_rows_in_train"]
+    if shared:
+        say(accelerator, overlap_warning(config, shared, len(data.validation)))
     return Run(config, accelerator, run_dir, data, model, optimizer, scheduler, train_loader, eval_loader,
                sampler, log, info, total_steps, steps_per_epoch, state, ema)  # fmt: skip
+
+
+def overlap_warning(config: Config, shared: int, validation_rows: int) -> str:
+    """Validation rows that are also training rows make validation optimistic: say so, with the count."""
+    line = (
+        f"warning: {shared:,} of {validation_rows:,} validation rows ({shared / validation_rows:.1%}) have the exact "
+        "text of a training row, so validation overstates accuracy on new reviews"
+    )
+    files = config.data.validation_files
+    if files and {os.path.realpath(f) for f in files} & {os.path.realpath(f) for f in config.data.train_files}:
+        line += "; the same file is given in --data.train_files and --data.validation_files"
+    return line
 
 
 def fit(run: Run) -> int:
@@ -420,6 +452,8 @@ def fit(run: Run) -> int:
     config, accelerator, model, optimizer, state = run.config, run.accelerator, run.model, run.optimizer, run.state
     metrics, last_eval_step, stop, stop_signum = {}, -1, None, 0
     throughput, loss_sum, loss_count = Throughput(), torch.zeros((), device=accelerator.device), 0
+    grad_norm_sum = torch.zeros((), device=accelerator.device)
+    guard = FiniteGuard(run)
     progress = tqdm(total=run.total_steps, initial=state.step, disable=not accelerator.is_main_process,
                     desc="training", unit="step")  # fmt: skip
     preemption = Preemption()
@@ -431,8 +465,11 @@ def fit(run: Run) -> int:
 
     def validate() -> None:
         nonlocal metrics, last_eval_step, stop
+        guard.check(state.step)
         with accelerator.autocast():  # as prepare() wraps the model's forward; the average is not wrapped
             metrics, last_eval_step = evaluate(run.weights(), run.eval_loader, accelerator), state.step
+        if not math.isfinite(metrics["loss"]):
+            guard.diverged(state.step, "validation loss")
         run.log.write({"epoch": round(state.step / run.steps_per_epoch, 3), **prefixed("eval/", metrics)}, state.step)
         best = state.best_metrics
         if best is None or is_better(metrics[config.checkpoint.best_metric], best[config.checkpoint.best_metric],
@@ -453,77 +490,93 @@ def fit(run: Run) -> int:
             stop = "early stopping"
 
     def checkpoint() -> None:
+        guard.check(state.step, weights=True)
         started = time.perf_counter()
         path = save_checkpoint(accelerator, run.run_dir, state, config.checkpoint.keep_last)
         run.log.write({"checkpoint/seconds": round(time.perf_counter() - started, 3)}, state.step)
         note(f"saved {path}")
 
-    model.train()
-    epochs = math.ceil(run.total_steps / run.steps_per_epoch)
-    while state.epoch < epochs and stop is None:
-        run.sampler.set_epoch(state.epoch)
-        run.train_loader.set_epoch(state.epoch)
-        loader = run.train_loader
-        if state.batches_in_epoch:  # resuming mid-epoch: continue at the next batch
-            loader = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = training_loss(model, batch, accelerator, config.train.adversarial_epsilon)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
-                optimizer.step()  # a no-op on accumulation micro-steps
-                optimizer.zero_grad(set_to_none=True)
-            state.batches_in_epoch += 1
-            loss_sum += loss.detach()
-            loss_count += 1
-            throughput.update(int(batch["lengths"].sum()), len(batch["lengths"]))
-            if not accelerator.sync_gradients:
+    try:
+        model.train()
+        epochs = math.ceil(run.total_steps / run.steps_per_epoch)
+        while state.epoch < epochs and stop is None:
+            run.sampler.set_epoch(state.epoch)
+            run.train_loader.set_epoch(state.epoch)
+            loader = run.train_loader
+            if state.batches_in_epoch:  # resuming mid-epoch: continue at the next batch
+                loader = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    loss = training_loss(model, batch, accelerator, config.train.adversarial_epsilon)
+                    accelerator.backward(loss)
+                    grad_norm = None
+                    if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
+                    optimizer.step()  # a no-op on accumulation micro-steps
+                    optimizer.zero_grad(set_to_none=True)
+                state.batches_in_epoch += 1
+                loss_sum += loss.detach()
+                loss_count += 1
+                guard.observe(loss, grad_norm)
+                throughput.update(int(batch["lengths"].sum()), len(batch["lengths"]))
+                if not accelerator.sync_gradients:
+                    continue
+                if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
+                    guard.step_taken()
+                    if grad_norm is not None:
+                        grad_norm_sum += grad_norm.detach()
+                    run.scheduler.step()
+                    if run.ema is not None:
+                        run.ema.update_parameters(accelerator.unwrap_model(model))
+                else:
+                    guard.step_skipped()
+                state.step += 1
+                progress.update(1)
+                if state.step % config.train.log_every_steps == 0 or state.step == run.total_steps:
+                    guard.check(state.step)
+                    record = {"train/loss": accelerator.reduce(loss_sum / loss_count, "mean").item()}
+                    if config.optim.max_grad_norm > 0:  # before clipping, averaged over the logged steps
+                        steps = state.step - guard.logged_step
+                        record["train/grad_norm"] = grad_norm_sum.item() / max(steps, 1)
+                        grad_norm_sum.zero_()
+                    guard.logged_step = state.step
+                    record["train/lr"] = run.scheduler.get_last_lr()[0]
+                    rates = throughput.read()
+                    totals = accelerator.reduce(torch.tensor(list(rates.values()), device=accelerator.device), "sum")
+                    record |= prefixed("train/", dict(zip(rates, totals.tolist(), strict=True)))
+                    run.log.write({**record, "epoch": round(state.step / run.steps_per_epoch, 3)}, state.step)
+                    progress.set_postfix(loss=f"{record['train/loss']:.4f}", tok_s=f"{totals[0]:,.0f}")
+                    loss_sum.zero_()
+                    loss_count = 0
+                if config.train.eval_every_steps and state.step % config.train.eval_every_steps == 0:
+                    with throughput.paused():
+                        validate()
+                signum = preemption.requested(accelerator)
+                if signum and (stop is not None or state.step >= run.total_steps):
+                    signum = 0  # finishing anyway: the end of training (or early stopping) wins
+                if signum:
+                    stop, stop_signum = f"signal {signal.Signals(signum).name}", signum
+                every = config.checkpoint.save_every_steps
+                if signum or (every and state.step % every == 0 and state.step < run.total_steps):
+                    with throughput.paused():
+                        checkpoint()
+                if stop or state.step >= run.total_steps:
+                    break
+            else:  # the epoch ran to its end
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+                with throughput.paused():
+                    if last_eval_step != state.step:
+                        validate()
+                    if state.step < run.total_steps:
+                        checkpoint()
                 continue
-            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
-                run.scheduler.step()
-                if run.ema is not None:
-                    run.ema.update_parameters(accelerator.unwrap_model(model))
-            state.step += 1
-            progress.update(1)
-            if state.step % config.train.log_every_steps == 0 or state.step == run.total_steps:
-                record = {"train/loss": accelerator.reduce(loss_sum / loss_count, "mean").item()}
-                record["train/lr"] = run.scheduler.get_last_lr()[0]
-                rates = throughput.read()
-                totals = accelerator.reduce(torch.tensor(list(rates.values()), device=accelerator.device), "sum")
-                record |= prefixed("train/", dict(zip(rates, totals.tolist(), strict=True)))
-                run.log.write({**record, "epoch": round(state.step / run.steps_per_epoch, 3)}, state.step)
-                progress.set_postfix(loss=f"{record['train/loss']:.4f}", tok_s=f"{totals[0]:,.0f}")
-                loss_sum.zero_()
-                loss_count = 0
-            if config.train.eval_every_steps and state.step % config.train.eval_every_steps == 0:
-                with throughput.paused():
-                    validate()
-            signum = preemption.requested(accelerator)
-            if signum and (stop is not None or state.step >= run.total_steps):
-                signum = 0  # finishing anyway: the end of training (or early stopping) wins
-            if signum:
-                stop, stop_signum = f"signal {signal.Signals(signum).name}", signum
-            every = config.checkpoint.save_every_steps
-            if signum or (every and state.step % every == 0 and state.step < run.total_steps):
-                with throughput.paused():
-                    checkpoint()
-            if stop or state.step >= run.total_steps:
-                break
-        else:  # the epoch ran to its end
-            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
-            with throughput.paused():
+            if stop is None or stop == "early stopping":  # max_steps reached, or stopped by validation
                 if last_eval_step != state.step:
                     validate()
-                if state.step < run.total_steps:
-                    checkpoint()
-            continue
-        if stop is None or stop == "early stopping":  # max_steps reached, or stopped by validation
-            if last_eval_step != state.step:
-                validate()
-            break
-    progress.close()
-    preemption.uninstall()
+                break
+    finally:  # also when a check stops the run: the bar must not print after its error
+        progress.close()
+        preemption.uninstall()
 
     if stop and stop.startswith("signal"):
         requeued = Preemption.requeue() if accelerator.is_main_process else None
@@ -532,6 +585,7 @@ def fit(run: Run) -> int:
         leave_together(accelerator)
         return 128 + stop_signum
 
+    guard.check(state.step, weights=True)
     digests = gather_object([state_digest(run.weights())])
     if accelerator.is_main_process:
         if config.checkpoint.save_final:
@@ -551,6 +605,64 @@ def fit(run: Run) -> int:
     )
     leave_together(accelerator)
     return 0
+
+
+class TrainingDiverged(UserError):
+    """The loss, a gradient or the weights became nan or inf: nothing more is saved."""
+
+
+class FiniteGuard:
+    """Stops a run whose loss, gradient norm or weights become non-finite, before it saves them.
+
+    Every micro-step's loss and each step's gradient norm (before clipping) are folded into one
+    flag on the device, without a host sync; ``check`` reads it (summed over the processes, so
+    all of them stop together) at the points where the loop syncs anyway and before anything is
+    written. Under fp16 a step the gradient scaler skipped for overflow does not count: the
+    scaler handles it, and the weights did not change.
+    """
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        device = run.accelerator.device
+        self.pending = torch.zeros((), device=device)  # this optimizer step's micro-steps
+        self.bad = torch.zeros((), device=device)  # steps taken with a non-finite loss or gradient
+        self.logged_step = run.state.step
+
+    def observe(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
+        self.pending += (~torch.isfinite(loss.detach())).float()
+        if grad_norm is not None:
+            self.pending += (~torch.isfinite(grad_norm.detach())).float()
+
+    def step_taken(self) -> None:
+        self.bad += self.pending
+        self.pending.zero_()
+
+    def step_skipped(self) -> None:
+        self.pending.zero_()
+
+    def check(self, step: int, weights: bool = False) -> None:
+        """Raise ``TrainingDiverged`` on every process if any of them saw a non-finite value."""
+        flags = self.bad.reshape(1)
+        if weights:
+            finite = all(bool(torch.isfinite(p).all()) for p in self.run.weights().parameters())
+            flags = torch.cat([flags, flags.new_tensor([0.0 if finite else 1.0])])
+        flags = self.run.accelerator.reduce(flags, "sum") if self.run.accelerator.num_processes > 1 else flags
+        if flags[0].item():
+            self.diverged(step, "training loss or gradient norm")
+        if weights and flags[1].item():
+            self.diverged(step, "model weights")
+
+    def diverged(self, step: int, what: str) -> None:
+        run = self.run
+        saved = list_checkpoints(run.run_dir / CHECKPOINTS_DIR)
+        kept = f"the last checkpoint, {saved[-1]}, and best/ are from before it" if saved else "no checkpoint was saved"
+        raise TrainingDiverged(
+            f"training diverged by step {step}: the {what} became nan or inf, so nothing from it was saved; {kept}. "
+            f"Lower --optim.lr (it is {run.config.optim.lr:g}) or keep --optim.max_grad_norm on and train anew "
+            "(a resumed run keeps its checkpoint's learning rate), or resume with --resume auto after a fault "
+            "in the data or the machine",
+            on_every_rank=True,
+        )
 
 
 def leave_together(accelerator: Accelerator) -> None:
@@ -593,9 +705,8 @@ def prefixed(prefix: str, values: dict) -> dict:
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep the records up to ``step`` (a resumed run logs the later ones again)."""
     if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        kept = [record for record in read_metrics(path) if record["step"] <= step]
+        path.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
 
 
 def say(accelerator: Accelerator, line: str) -> None:
@@ -605,7 +716,10 @@ def say(accelerator: Accelerator, line: str) -> None:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    """Atomically: a kill while writing leaves the previous file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def flatten(tree: dict, prefix: str = "", scalars_only: bool = False) -> dict:
@@ -671,9 +785,21 @@ def report(exc: UserError, debug: bool) -> None:
     print_error(exc, debug, where)
 
 
+def interrupted(run: Run | None) -> str:
+    """What Ctrl-C leaves behind, and how to go on from it."""
+    if run is None:
+        return "interrupted before training started; nothing was trained"
+    saved = list_checkpoints(run.run_dir / CHECKPOINTS_DIR)
+    if not saved:
+        return f"interrupted at step {run.state.step}, before the first checkpoint; start again to train"
+    return (f"interrupted at step {run.state.step}; resume from {saved[-1]} with --resume auto "
+            f"--train.output_dir={run.run_dir}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    run = None
     try:
         try:
             preset, overrides, overwrite, debug = parse_cli(argv)
@@ -682,13 +808,18 @@ def main(argv: list[str] | None = None) -> int:
             exc.on_every_rank = True  # every process parses the same command line
             raise
         config.train.overwrite = config.train.overwrite or overwrite
-        return fit(setup(config, preset))
-    except UserError as exc:
-        report(exc, debug)
-        return EXIT_USAGE
+        run = setup(config, preset)
+        return fit(run)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if PartialState().is_main_process:
+            print(interrupted(run), file=sys.stderr)
         return 130
+    except Exception as exc:
+        error = as_user_error(exc)
+        if error is None:
+            raise
+        report(error, debug)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Loaded by tests through PYTHONPATH: makes one process fail at a chosen moment.
 
 FAULT_RANK: the rank that fails ("0" also means a process started without a launcher).
-FAULT_AT_STEP=n with FAULT_KIND=raise (RuntimeError) or kill (SIGKILL): in the n-th gradient
-clipping call, i.e. during optimizer step n. FAULT_KILL_IN_SAVE=n: SIGKILL while the n-th
-checkpoint is being put in place (after its files are written, before the rename).
+FAULT_AT_STEP=n with FAULT_KIND=raise (RuntimeError), kill (SIGKILL) or nan (every gradient
+becomes nan): in the n-th gradient clipping call, i.e. during optimizer step n.
+FAULT_KILL_IN_SAVE=n: SIGKILL while the n-th checkpoint is being put in place (after its files
+are written, before the rename).
 """
 
 import os
@@ -19,8 +20,16 @@ if os.environ.get("FAULT_RANK") is not None and os.environ.get("RANK", "0") == o
         def _faulty_clip(*args, **kwargs):
             _calls[0] += 1
             if _calls[0] == int(os.environ["FAULT_AT_STEP"]):
-                if os.environ.get("FAULT_KIND", "raise") == "kill":
+                kind = os.environ.get("FAULT_KIND", "raise")
+                if kind == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
+                if kind == "nan":  # a diverging step: every gradient nan, as a nan loss would leave them
+                    parameters = args[0] if args else kwargs["parameters"]
+                    parameters = list(parameters) if not isinstance(parameters, torch.Tensor) else [parameters]
+                    for p in parameters:
+                        if p.grad is not None:
+                            p.grad.fill_(float("nan"))
+                    return _clip(parameters, *args[1:], **kwargs)
                 raise RuntimeError(f"injected fault on rank {os.environ.get('RANK', '0')}")
             return _clip(*args, **kwargs)
 
