@@ -28,6 +28,16 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """In-process runs: each ``main()`` starts from a clean Accelerate state, as a new process would."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def shared_file(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.is_file():

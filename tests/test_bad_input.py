@@ -16,16 +16,7 @@ from conftest import REPO, review_rows, write_csv
 
 from trainer.train import main
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerator_state")]
 
 
 def bad_run(tmp_path, capsys, *args) -> str:

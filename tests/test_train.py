@@ -13,17 +13,7 @@ from trainer.model import ModelConfig, SentimentRNN, classification_loss
 from trainer.optim import OptimConfig, build_optimizer
 from trainer.train import main, training_loss
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    """In-process runs: each ``main()`` starts from a clean Accelerate state, as a new process would."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerator_state")]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 ``UserError`` is raised where a problem is found. ``as_user_error`` is the one place where an
 exception from the operating system or a library (a file that cannot be read or written) becomes
-such a line; every command-line entry point passes what it catches through it.
+such a line; every command-line entry point hands what it catches to ``exit_for``.
 """
 
 from __future__ import annotations
@@ -69,6 +69,16 @@ def as_user_error(exc: BaseException) -> UserError | None:
         return None
     fix = _FIXES.get(os_error.errno, "check the path")
     return UserError(f"cannot use {os_error.filename}: {os_error.strerror}; {fix}")
+
+
+def exit_for(exc: Exception, debug: bool, show=print_error) -> int:
+    """For a command line's ``except Exception``: ``show`` the one line of an error that is the
+    user's to fix and return ``EXIT_USAGE``; re-raise anything else (a bug keeps its traceback)."""
+    error = as_user_error(exc)
+    if error is None:
+        raise exc
+    show(error, debug)
+    return EXIT_USAGE
 
 
 def stdout_closed() -> None:

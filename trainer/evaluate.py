@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from trainer.checkpoint import load_exported
 from trainer.data import PaddingCollator, encode_labels, lengths_of, load_labelled, tokenize
-from trainer.errors import EXIT_USAGE, UserError, as_user_error, stdout_closed
+from trainer.errors import UserError, exit_for, stdout_closed
 from trainer.inference import check_same_labels
 from trainer.labels import LabelMap
 from trainer.metrics import classification_metrics
@@ -150,11 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.plot} exists; choose another --plot path or pass --overwrite", on_every_rank=True)
         result = evaluate_model(args)
     except Exception as exc:
-        error = as_user_error(exc)
-        if error is None:
-            raise
-        report(error, args.debug)
-        return EXIT_USAGE
+        return exit_for(exc, args.debug, report)
     if PartialState().is_main_process:
         try:
             print(json.dumps(result) if args.json else show(result), flush=True)

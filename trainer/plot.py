@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from trainer.errors import EXIT_USAGE, UserError, as_user_error, print_error
+from trainer.errors import UserError, exit_for
 
 FIGURES = {
     "loss": ("loss", {"train/loss": "training", "eval/loss": "validation"}),
@@ -129,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in plot_run(args.run_dir, args.out):
             print(path)
     except Exception as exc:
-        error = as_user_error(exc)
-        if error is None:
-            raise
-        print_error(error, args.debug)
-        return EXIT_USAGE
+        return exit_for(exc, args.debug)
     return 0
 
 

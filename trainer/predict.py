@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.errors import EXIT_USAGE, UserError, as_user_error, check_writable_dir, print_error, stdout_closed
+from trainer.errors import UserError, check_writable_dir, exit_for, stdout_closed
 from trainer.explain import ansi, html_page, top_tokens
 from trainer.inference import load_model
 
@@ -153,11 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         stdout_closed()
         return 0
     except Exception as exc:
-        error = as_user_error(exc)
-        if error is None:
-            raise
-        print_error(error, args.debug)
-        return EXIT_USAGE
+        return exit_for(exc, args.debug)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import Config, config_reference, load_config, preset_names, to_yaml
 from trainer.data import Coordination, LengthGroupedBatchSampler, PreparedData, build_dataloaders, prepare_data
-from trainer.errors import EXIT_USAGE, UserError, as_user_error, check_writable_dir, print_error
+from trainer.errors import UserError, check_writable_dir, exit_for, print_error
 from trainer.hardware import choose_precision, cpu_info
 from trainer.metrics import METRICS_FOR, MetricsLog, Throughput, classification_metrics, is_better
 from trainer.model import SentimentRNN, class_probabilities, classification_loss
@@ -815,11 +815,7 @@ def main(argv: list[str] | None = None) -> int:
             print(interrupted(run), file=sys.stderr)
         return 130
     except Exception as exc:
-        error = as_user_error(exc)
-        if error is None:
-            raise
-        report(error, debug)
-        return EXIT_USAGE
+        return exit_for(exc, debug, report)
 
 
 if __name__ == "__main__":
