@@ -62,8 +62,9 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
         ("model:\n  hidden_dim: 8\n    dropout: 0.1\n", "bad.yaml:3:12: mapping values are not allowed"),
         ("model:\n  hidden_dim: 8\n  hidden_dim: 9\n", "bad.yaml:3:3: found duplicate key hidden_dim"),
         ("model:\n  hidden_dim: [8\n", "bad.yaml:3:1: "),
+        ("train: ???\n", "section 'train' must be a mapping of its keys"),
     ],
-    ids=["section-not-a-mapping", "top-level-list", "syntax", "duplicate-key", "unclosed-list"],
+    ids=["section-not-a-mapping", "top-level-list", "syntax", "duplicate-key", "unclosed-list", "missing-value"],
 )
 def test_config_files(tmp_path, capsys, text, message):
     path = tmp_path / "bad.yaml"
@@ -101,7 +102,13 @@ def data_cases(tmp_path) -> dict[str, tuple[list[str], str]]:
     latin1.write_bytes(b"text,label\n" + "très bien,1\nmauvais,0\n".encode("latin-1") * 20)
     folder = tmp_path / "shards"
     folder.mkdir()
+    awkward = tmp_path / "awkward.jsonl"  # a BOM, and U+2028 (valid inside a JSON string) on line 2
+    lines = [json.dumps(r, ensure_ascii=False) for r in records[:5]]
+    lines[1] = json.dumps({"text": "a line\u2028separator", "label": 1}, ensure_ascii=False)
+    lines[2] = lines[2][:-1]
+    awkward.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
     return {
+        "jsonl-bom-and-line-separator": ([awkward], "awkward.jsonl:3: not a JSON object"),
         "malformed-jsonl-line": (
             [_jsonl(tmp_path / "t.jsonl", records, broken_line=55)],
             "t.jsonl:55: not a JSON object",
@@ -129,6 +136,7 @@ def data_cases(tmp_path) -> dict[str, tuple[list[str], str]]:
     "case",
     [
         "malformed-jsonl-line",
+        "jsonl-bom-and-line-separator",
         "semicolon-csv",
         "semicolon-csv-no-commas",
         "numeric-text-column",
@@ -209,3 +217,19 @@ def test_permissions_are_one_line_errors(tmp_path, what):
     }[what]
     assert expected in line
     assert not (tmp_path / "run").exists() and not any(locked.iterdir())
+
+
+def test_only_explicit_causes_make_an_error_the_users():
+    from trainer.errors import as_user_error
+
+    try:
+        raise FileNotFoundError(2, "No such file or directory", "/absent/file.csv")
+    except FileNotFoundError as cause:
+        wrapped = RuntimeError("could not load")
+        wrapped.__cause__ = cause
+        error = as_user_error(wrapped)
+        assert error is not None and "cannot use /absent/file.csv: No such file or directory" in str(error)
+        try:
+            raise KeyError("a bug while handling it")  # __context__ only: a bug, it keeps its traceback
+        except KeyError as bug:
+            assert as_user_error(bug) is None

@@ -308,3 +308,23 @@ def test_ctrl_c_stops_and_says_how_to_resume(tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith("interrupted at step ") and "with --resume auto" in last and str(run) in last, err
     assert "Traceback" not in err
+
+
+def test_checkpoints_are_ordered_by_save_sequence_and_older_ones_by_completion(tmp_path):
+    from trainer.checkpoint import list_checkpoints
+
+    root = tmp_path / "checkpoints"
+    now = time.time()
+    # Two checkpoints from before the save sequence, the higher step completed first (a resumed
+    # run's abandoned continuation), then two with a sequence whose steps run backwards.
+    saves = [("step-00000200", None, now - 30), ("step-00000150", None, now - 20)]
+    saves += [("step-00000400", 1, now), ("step-00000300", 2, now - 50)]
+    for name, sequence, completed in saves:
+        folder = root / name
+        folder.mkdir(parents=True)
+        state = {"step": int(name[5:])} | ({"save_sequence": sequence} if sequence else {})
+        (folder / "train_state.json").write_text(json.dumps(state))
+        (folder / MANIFEST_NAME).write_text("{}")
+        os.utime(folder / MANIFEST_NAME, (completed, completed))
+    expected = ["step-00000200", "step-00000150", "step-00000400", "step-00000300"]
+    assert [p.name for p in list_checkpoints(root)] == expected

@@ -149,7 +149,7 @@ def next_save_sequence(root: Path) -> int:
 
 
 def list_checkpoints(root: Path) -> list[Path]:
-    """Checkpoint folders, oldest first in the order they were saved (then by step).
+    """Checkpoint folders, oldest first in the order they were saved.
 
     Save order, not step number: after resuming from an older checkpoint, the new saves are the
     current ones, even where folders of higher steps remain from the abandoned continuation.
@@ -157,7 +157,15 @@ def list_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     folders = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
-    return sorted(folders, key=lambda path: (save_sequence(path), path.name))
+
+    def order(path: Path) -> tuple[int, float, str]:
+        # Checkpoints from before the save sequence (0) come first, among themselves by completion time.
+        sequence = save_sequence(path)
+        manifest = path / MANIFEST_NAME
+        completed = manifest.stat().st_mtime if not sequence and manifest.is_file() else 0.0
+        return (sequence, completed, path.name)
+
+    return sorted(folders, key=order)
 
 
 def prune_checkpoints(root: Path, keep_last: int, best_step: int | None) -> None:

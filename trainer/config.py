@@ -198,11 +198,11 @@ def read_yaml(path: Path) -> DictConfig:
     if not isinstance(loaded, DictConfig):
         raise UserError(f"{path} holds a list; a config file is a mapping of sections (data:, model:, train:, ...)")
     sections = _valid_keys("")
-    for key in loaded:
-        if key in sections and not isinstance(loaded[key], DictConfig) and loaded[key] is not None:
+    for key, value in OmegaConf.to_container(loaded, resolve=False).items():
+        if key in sections and not isinstance(value, dict) and value is not None:
             raise UserError(
                 f"{path}: section {key!r} must be a mapping of its keys (like '{key}:' then indented "
-                f"'key: value' lines), not {loaded[key]!r}"
+                f"'key: value' lines), not {value!r}"
             )
     return loaded
 

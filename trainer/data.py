@@ -182,6 +182,7 @@ def source_identity(config: DataConfig) -> dict:
     keys = (
         "text_column",
         "label_column",
+        "csv_delimiter",
         "validation_fraction",
         "split_seed",
         "max_train_examples",
@@ -248,7 +249,7 @@ def _read_text(path: str, first_line: bool = False) -> str | None:
         return None
     module = {".gz": gzip, ".bz2": bz2, ".xz": lzma}.get(suffix)
     try:
-        with module.open(path, "rt", encoding="utf-8") if module else open(path, encoding="utf-8") as f:
+        with module.open(path, "rt", encoding="utf-8-sig") if module else open(path, encoding="utf-8-sig") as f:
             return f.readline() if first_line else f.read()
     except (OSError, UnicodeDecodeError, EOFError):
         return None
@@ -265,7 +266,7 @@ def _json_problem(path: str) -> str | None:
         except json.JSONDecodeError as exc:
             return f"{path}:{exc.lineno}:{exc.colno}: {exc.msg}"
         return None
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may stand inside a string
         if not line.strip():
             continue
         try:
@@ -564,7 +565,7 @@ def prepare_data(
     """
     co = coordination or Coordination()
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    check_writable_dir(cache_dir, "--data.cache_dir", keep=True)
+    check_writable_dir(cache_dir, "--data.cache_dir", create=True)
     datasets.disable_progress_bars()  # we report one line per stage instead
     started = time.perf_counter()
     with co.main_process_first():

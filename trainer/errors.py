@@ -11,6 +11,7 @@ import errno
 import math
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,13 +38,14 @@ def print_error(exc: Exception, debug: bool, prefix: str = "") -> None:
 
 
 def _os_error_in(exc: BaseException) -> OSError | None:
-    """The first OSError naming a file in ``exc`` or its causes (libraries wrap them)."""
+    """The first OSError naming a file in ``exc`` or its explicit causes (``raise ... from``, as
+    libraries wrap them); not in exceptions merely raised while handling one (``__context__``)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.filename and exc.errno is not None:
             return exc
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__
     return None
 
 
@@ -103,36 +105,28 @@ def check_range(key: str, value: float | int, low: float | None = None, high: fl
         raise UserError(f"{key}={value!r} is out of range; it must be in {interval}")
 
 
-def check_writable_dir(path: str | Path, option: str, keep: bool = False) -> None:
+def check_writable_dir(path: str | Path, option: str, create: bool = False) -> None:
     """Fail now, not after the work, if folder ``path`` cannot be created and written to.
 
-    Creates what is missing of it and writes and removes a probe file. Unless ``keep``, it then
-    removes the folders it created, so a run that stops later for another reason leaves nothing
-    behind; call it so from one process only. With ``keep`` (a cache every process shares) the
-    folders stay, and any number of processes may check at once.
+    A probe file (a unique name, removed at once) goes into ``path``, or where it is missing into
+    its deepest existing ancestor: nothing is created, so a run that stops later leaves nothing
+    behind, and runs starting side by side cannot trip on each other's folders. With ``create``
+    (a cache every process shares) the folder is made first and stays.
     """
     path = Path(path)
-    made: list[Path] = []
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option}={path}: {existing} is a file, not a folder; choose another {option}")
     try:
-        existing = path
-        while not existing.exists():
-            existing = existing.parent
-        if not existing.is_dir():
-            raise UserError(f"{option}={path}: {existing} is a file, not a folder; choose another {option}")
-        if keep:
+        if create:
             path.mkdir(parents=True, exist_ok=True)
-        else:
-            for folder in reversed([path, *path.parents]):
-                if not folder.exists():
-                    folder.mkdir()
-                    made.append(folder)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+            existing = path
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
+        os.close(handle)
+        os.unlink(probe)
     except OSError as exc:
         raise UserError(
             f"{option}={path} cannot be written ({exc.strerror or exc}); choose a folder you can write to"
         ) from exc
-    finally:
-        for folder in reversed(made):  # deepest first
-            folder.rmdir()

@@ -13,9 +13,9 @@ from functools import cache
 
 import torch
 
-# The flags that decide, as /proc/cpuinfo and lscpu spell them.
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-REPORTED_FLAGS = ("avx2", "avx512f", *BF16_FLAGS, "amx_tile")
+# The flags that decide, as /proc/cpuinfo spells them (x86 "flags"; "bf16" is an Arm "Features" entry).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16")
 
 
 def _proc_cpuinfo() -> dict[str, str]:
@@ -41,8 +41,9 @@ def cpu_info() -> dict:
     """
     fields = _proc_cpuinfo()
     model = fields.get("model name") or platform.processor() or platform.machine()
-    if "flags" in fields:
-        present = set(fields["flags"].split())
+    listed = fields.get("flags", fields.get("Features"))
+    if listed is not None:
+        present = set(listed.split())
         flags = {flag: flag in present for flag in REPORTED_FLAGS}
         source = "/proc/cpuinfo"
     else:
@@ -53,6 +54,7 @@ def cpu_info() -> dict:
             "avx512_bf16": probe._is_avx512_bf16_supported(),
             "amx_bf16": probe._is_amx_tile_supported(),  # AMX tiles come with AMX-BF16
             "amx_tile": probe._is_amx_tile_supported(),
+            "bf16": False,
         }
         source = "torch.cpu"
     native = any(flags[flag] for flag in BF16_FLAGS)
@@ -76,7 +78,8 @@ def choose_precision(requested: str | None, on_cpu: bool) -> tuple[str | None, s
         if info["native_bf16"]:
             found = ", ".join(flag for flag in BF16_FLAGS if info["flags"][flag])
             return "bf16", f"auto: the CPU runs bf16 natively ({found})"
-        return "no", "auto: the CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated (slower than float32)"
+        why = "neither AVX512-BF16 nor AMX (nor Arm BF16), so bf16 would be emulated (slower than float32)"
+        return "no", f"auto: the CPU has {why}"
     if torch.cuda.is_available():
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16", f"auto: {torch.cuda.get_device_name()} supports bf16"

@@ -49,7 +49,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import Config, config_reference, load_config, preset_names, to_yaml
 from trainer.data import Coordination, LengthGroupedBatchSampler, PreparedData, build_dataloaders, prepare_data
-from trainer.errors import UserError, check_writable_dir, exit_for, print_error
+from trainer.errors import UserError, as_user_error, check_writable_dir, exit_for, print_error
 from trainer.hardware import choose_precision, cpu_info
 from trainer.metrics import METRICS_FOR, MetricsLog, Throughput, classification_metrics, is_better
 from trainer.model import SentimentRNN, class_probabilities, classification_loss
@@ -112,8 +112,8 @@ def resolve_run_dir(config: Config, preset: str, state: PartialState) -> Path:
         try:
             check_writable_dir(run_dir, "--train.output_dir")
             problem = run_dir_problem(run_dir, config)
-        except UserError as exc:
-            problem = str(exc)
+        except (UserError, OSError) as exc:  # told to every process, which all stop
+            problem = str(as_user_error(exc) or exc)
     problem = broadcast_object_list([problem])[0]
     if problem:
         raise UserError(problem, on_every_rank=True)
@@ -123,9 +123,9 @@ def resolve_run_dir(config: Config, preset: str, state: PartialState) -> Path:
 def run_dir_problem(run_dir: Path, config: Config) -> str | None:
     """Why the run may not write into ``run_dir``, or None.
 
-    An empty or missing folder is always fine, and ``--overwrite`` allows any. Resuming needs a run
-    folder (one holding the run_info.json every run writes first): a folder of other files is never
-    trained into, whatever ``--resume`` says.
+    An empty or missing folder is always fine, and ``--overwrite`` allows any. ``--resume auto``
+    needs a run folder (one holding the run_info.json every run writes first): a folder of other
+    files is never trained into. A named checkpoint (``--resume PATH``) may go into any folder.
     """
     if config.train.overwrite or not run_dir.is_dir() or not any(run_dir.iterdir()):
         return None
@@ -134,7 +134,7 @@ def run_dir_problem(run_dir: Path, config: Config) -> str | None:
             f"run folder {run_dir} is not empty; resume it with --resume auto, pass --overwrite to "
             "start over in it, or choose another --train.output_dir"
         )
-    if not (run_dir / "run_info.json").is_file():
+    if config.checkpoint.resume == "auto" and not (run_dir / "run_info.json").is_file():
         return (
             f"{run_dir} holds files but no run of this trainer (no run_info.json), so there is nothing to resume; "
             "choose another --train.output_dir, or pass --overwrite to train into it"
@@ -319,7 +319,10 @@ def setup(config: Config, preset: str) -> Run:
     # The process group comes first: the run folder (and so the W&B folder) is agreed on it.
     run_dir = resolve_run_dir(config, preset, PartialState(cpu=on_cpu(config)))
     log_with, tracker_kwargs, tracker_note = tracker_setup(config.logging, run_dir)
-    precision, precision_reason = choose_precision(config.train.mixed_precision, on_cpu(config))
+    # The main process's choice for all: processes on CPUs of different kinds must agree.
+    precision, precision_reason = broadcast_object_list(
+        [choose_precision(config.train.mixed_precision, on_cpu(config))]
+    )[0]
     accelerator = build_accelerator(config, log_with, run_dir, precision)
     set_seed(train_cfg.seed)
 
@@ -396,15 +399,16 @@ def setup(config: Config, preset: str) -> Run:
     info["pretrained_embeddings"] = embedding_stats
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
         if resume_from:  # what the interrupted run logged after its checkpoint is logged again
             truncate_metrics(run_dir / "metrics.jsonl", state.step)
         else:  # with --overwrite, an earlier run's outputs go: nothing stale may pass for this run's
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
             for stale in ("best", "final", CHECKPOINTS_DIR):
                 shutil.rmtree(run_dir / stale, ignore_errors=True)
-        save_tokenizer(data.tokenizer, run_dir / "tokenizer.json")
+        # run_info.json first: a folder with it is this run's, which --resume auto may continue.
         write_json(run_dir / "run_info.json", info)
+        (run_dir / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
+        save_tokenizer(data.tokenizer, run_dir / "tokenizer.json")
     if log_with:
         hparams = flatten(asdict(config), scalars_only="tensorboard" in log_with)
         accelerator.init_trackers(config.logging.project, config=hparams, init_kwargs=tracker_kwargs)
@@ -452,7 +456,7 @@ def fit(run: Run) -> int:
     config, accelerator, model, optimizer, state = run.config, run.accelerator, run.model, run.optimizer, run.state
     metrics, last_eval_step, stop, stop_signum = {}, -1, None, 0
     throughput, loss_sum, loss_count = Throughput(), torch.zeros((), device=accelerator.device), 0
-    grad_norm_sum = torch.zeros((), device=accelerator.device)
+    grad_norm_sum, grad_norm_steps = torch.zeros((), device=accelerator.device), 0
     guard = FiniteGuard(run)
     progress = tqdm(total=run.total_steps, initial=state.step, disable=not accelerator.is_main_process,
                     desc="training", unit="step")  # fmt: skip
@@ -525,6 +529,7 @@ def fit(run: Run) -> int:
                     guard.step_taken()
                     if grad_norm is not None:
                         grad_norm_sum += grad_norm.detach()
+                        grad_norm_steps += 1
                     run.scheduler.step()
                     if run.ema is not None:
                         run.ema.update_parameters(accelerator.unwrap_model(model))
@@ -535,11 +540,10 @@ def fit(run: Run) -> int:
                 if state.step % config.train.log_every_steps == 0 or state.step == run.total_steps:
                     guard.check(state.step)
                     record = {"train/loss": accelerator.reduce(loss_sum / loss_count, "mean").item()}
-                    if config.optim.max_grad_norm > 0:  # before clipping, averaged over the logged steps
-                        steps = state.step - guard.logged_step
-                        record["train/grad_norm"] = grad_norm_sum.item() / max(steps, 1)
+                    if grad_norm_steps:  # before clipping, averaged over the steps taken since the last record
+                        record["train/grad_norm"] = grad_norm_sum.item() / grad_norm_steps
                         grad_norm_sum.zero_()
-                    guard.logged_step = state.step
+                        grad_norm_steps = 0
                     record["train/lr"] = run.scheduler.get_last_lr()[0]
                     rates = throughput.read()
                     totals = accelerator.reduce(torch.tensor(list(rates.values()), device=accelerator.device), "sum")
@@ -626,7 +630,6 @@ class FiniteGuard:
         device = run.accelerator.device
         self.pending = torch.zeros((), device=device)  # this optimizer step's micro-steps
         self.bad = torch.zeros((), device=device)  # steps taken with a non-finite loss or gradient
-        self.logged_step = run.state.step
 
     def observe(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
         self.pending += (~torch.isfinite(loss.detach())).float()
@@ -792,8 +795,8 @@ def interrupted(run: Run | None) -> str:
     saved = list_checkpoints(run.run_dir / CHECKPOINTS_DIR)
     if not saved:
         return f"interrupted at step {run.state.step}, before the first checkpoint; start again to train"
-    return (f"interrupted at step {run.state.step}; resume from {saved[-1]} with --resume auto "
-            f"--train.output_dir={run.run_dir}")  # fmt: skip
+    command = f"--resume auto --train.output_dir={run.run_dir}"
+    return f"interrupted at step {run.state.step}; resume from {saved[-1]} with {command}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -811,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         run = setup(config, preset)
         return fit(run)
     except KeyboardInterrupt:
-        if PartialState().is_main_process:
+        if os.environ.get("RANK", "0") == "0":  # the launcher's rank: no process group is needed to know it
             print(interrupted(run), file=sys.stderr)
         return 130
     except Exception as exc:
