@@ -1,8 +1,8 @@
 """What the machine can do: the CPU's model and the instruction sets that decide the precision.
 
 oneDNN reports bf16 as "supported" on any AVX512 CPU, but without AVX512-BF16 or AMX it emulates
-it: on an Intel Xeon with AVX512 and neither, bf16 autocast ran the `imdb` preset's step at 0.57x
-the float32 speed. So ``auto`` reads the CPU's own flags.
+it, slower than float32 (reported at 0.57x for the `imdb` preset's step on an Intel Xeon with
+AVX512 and neither). So ``auto`` reads the CPU's own flags.
 """
 
 from __future__ import annotations

@@ -647,8 +647,8 @@ class FiniteGuard:
         """Raise ``TrainingDiverged`` on every process if any of them saw a non-finite value."""
         flags = self.bad.reshape(1)
         if weights:
-            finite = all(bool(torch.isfinite(p).all()) for p in self.run.weights().parameters())
-            flags = torch.cat([flags, flags.new_tensor([0.0 if finite else 1.0])])
+            finite = torch.stack([torch.isfinite(p).all() for p in self.run.weights().parameters()]).all()
+            flags = torch.cat([flags, (~finite).float().reshape(1)])  # no host sync until the check below
         flags = self.run.accelerator.reduce(flags, "sum") if self.run.accelerator.num_processes > 1 else flags
         if flags[0].item():
             self.diverged(step, "training loss or gradient norm")
