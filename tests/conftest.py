@@ -112,6 +112,23 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+# The attention scores' bias: softmax ignores a shift of every score, so its gradient is float noise,
+# which Adam turns into steps of about the learning rate. It changes no prediction.
+SHIFT_INVARIANT = {"attention.2.bias"}
+
+
+def weight_difference(run: Path, other: Path) -> float:
+    """The largest difference between two runs' final weights (but for SHIFT_INVARIANT), after
+    checking that their final validation losses agree to 1e-6."""
+    from safetensors.torch import load_file
+
+    ours, theirs = (load_file(r / "final" / "model.safetensors") for r in (run, other))
+    assert ours.keys() == theirs.keys()
+    losses = [read_json(r / "run_info.json")["final_metrics"]["loss"] for r in (run, other)]
+    assert abs(losses[0] - losses[1]) < 1e-6, losses
+    return max(float((ours[k] - theirs[k]).abs().max()) for k in ours if k not in SHIFT_INVARIANT)
+
+
 def write_csv(path: Path, rows: list[tuple], header=("text", "label")) -> Path:
     import csv
 

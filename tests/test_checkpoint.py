@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, evaluate_export, read_json, read_jsonl, run_cli
+from conftest import REPO, evaluate_export, read_json, read_jsonl, run_cli, weight_difference
 from test_distributed import launcher
 
 from trainer.checkpoint import MANIFEST_NAME, _sha256
@@ -207,7 +207,6 @@ def test_auto_resume_never_redoes_a_finished_run(tmp_path):
 @pytest.mark.parametrize(
     ("change", "named"),
     [
-        ("--train.batch_size=16", "batch_size 32 -> 16"),
         ("--optim.embedding_lr_scale=3", "embedding_lr_scale 1.0 -> 3.0"),
         ("--model.hidden_dim=24", "model.hidden_dim 16 -> 24"),
     ],
@@ -217,6 +216,37 @@ def test_resuming_with_another_setup_is_refused(tmp_path, change, named):
     train(run, env=faults(FAULT_AT_STEP=6, FAULT_KIND="kill"), expect=-signal.SIGKILL)
     result = train(run, "--resume", "auto", change, expect=2)
     assert f"was made with another setup ({named}); resume with the same one" in result.stderr
+
+
+def test_resuming_with_another_global_batch_is_refused_with_the_flags_that_keep_it(tmp_path):
+    run = tmp_path / "run"
+    train(run, env=faults(FAULT_AT_STEP=6, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    result = train(run, "--resume", "auto", "--train.batch_size=16", expect=2)
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoint {run}/checkpoints/step-00000004 was saved with a global batch of 32 (batch size 32 x 1 "
+        "process(es) x 1 accumulation step(s)); this run's is 16 (16 x 1 x 1): resume with "
+        "--train.gradient_accumulation_steps=2 or --train.batch_size=32 (or --train.global_batch_size=32, which "
+        "derives the accumulation)"
+    )
+
+
+def test_a_resume_may_split_the_same_global_batch_otherwise_and_ends_where_the_run_would_have(tmp_path):
+    """One process, batch 32, resumed as batch 16 x 2 accumulation steps: the same examples at every
+    step, so the end matches the uninterrupted run but for the order of float additions (no dropout:
+    its masks depend on the batch shapes)."""
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    train(reference, "--model.dropout=0")
+    train(run, "--model.dropout=0", env=faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    split = ["--train.batch_size=16", "--train.gradient_accumulation_steps=2"]
+    result = train(run, "--model.dropout=0", "--resume", "auto", *split)
+    assert (
+        "at step 8 (epoch 0); saved with 1 process(es) x batch size 32 x 1 accumulation step(s), continuing with "
+        "1 process(es) x batch size 16 x 2 accumulation step(s)" in result.stdout
+    )
+    info = read_json(run / "run_info.json")
+    assert info["final_step"] == read_json(reference / "run_info.json")["final_step"] == 34
+    assert info["global_batch_size"] == 32
+    assert 0 < weight_difference(run, reference) < 1e-5
 
 
 def checkpoint_files(run: Path) -> dict[str, bytes]:

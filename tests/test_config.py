@@ -77,3 +77,21 @@ def test_yaml_booleans_do_not_swallow_string_values(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("train:\n  mixed_precision: no\n")
     assert load_config(str(path), []).train.mixed_precision == "no"
+
+
+def test_a_global_batch_size_sets_the_accumulation_for_the_process_count():
+    from trainer.config import TrainConfig
+    from trainer.train import apply_global_batch
+
+    for processes, accumulation in ((1, 4), (2, 2), (4, 1)):
+        train = TrainConfig(batch_size=16, global_batch_size=64, gradient_accumulation_steps=7)
+        apply_global_batch(train, processes)
+        assert train.gradient_accumulation_steps == accumulation
+    wrong = r"global_batch_size=64 is not a multiple of batch_size 16 x 3 process\(es\) = 48; choose a number of"
+    with pytest.raises(UserError, match=wrong):
+        apply_global_batch(TrainConfig(batch_size=16, global_batch_size=64), 3)
+    with pytest.raises(UserError, match=r"choose a --train.batch_size that divides 32, or another global batch size"):
+        apply_global_batch(TrainConfig(batch_size=24, global_batch_size=64), 2)
+    untouched = TrainConfig(batch_size=16, gradient_accumulation_steps=3)
+    apply_global_batch(untouched, 2)
+    assert untouched.gradient_accumulation_steps == 3

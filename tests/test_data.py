@@ -174,6 +174,54 @@ def test_one_shard_of_2b_and_two_shards_of_b_see_the_same_examples_per_step():
         assert sorted(batch) == sorted(two[2 * step] + two[2 * step + 1])
 
 
+def steps_of(lengths, split, epoch=0, skip_steps=0):
+    """The examples of each optimizer step (one list per step, in order) when the global batch is
+    split as (batch size, processes, accumulation), as accelerate deals the batches to the
+    processes; ``skip_steps`` are skipped first, as a resumed run skips them."""
+    batch, processes, accumulation = split
+    sampler = LengthGroupedBatchSampler(lengths, batch, processes, seed=5, accumulation=accumulation)
+    sampler.set_epoch(epoch)
+    per_rank = [batches[skip_steps * accumulation :] for batches in shard(sampler, processes)]
+    assert len({len(batches) for batches in per_rank}) == 1 and all(b for batches in per_rank for b in batches)
+    micro_steps = len(per_rank[0])
+    steps = [
+        [i for k in range(start, min(start + accumulation, micro_steps)) for batches in per_rank for i in batches[k]]
+        for start in range(0, micro_steps, accumulation)
+    ]
+    assert len(steps) + skip_steps == sampler.steps_per_epoch
+    return steps
+
+
+SPLITS = [(32, 2, 1), (32, 1, 2), (64, 1, 1), (16, 2, 2), (8, 4, 2), (16, 4, 1)]  # global batch 64 each
+
+
+@pytest.mark.parametrize("n", [1000, 1024, 1001, 70, 64])
+def test_a_step_holds_the_same_examples_however_the_global_batch_is_split(n):
+    lengths = [(i * 53) % 211 + 1 for i in range(n)]
+    for epoch in range(2):
+        reference = steps_of(lengths, SPLITS[0], epoch)
+        for split in SPLITS[1:]:
+            steps = steps_of(lengths, split, epoch)
+            assert [sorted(step) for step in steps] == [sorted(step) for step in reference], split
+
+
+def test_a_last_step_smaller_than_the_process_count_joins_the_step_before():
+    lengths = list(range(1, 66))  # one step of 64, then 1 example: too few for 2 processes
+    assert [len(step) for step in steps_of(lengths, (32, 2, 1))] == [65]
+    assert [len(step) for step in steps_of(lengths, (32, 1, 2))] == [64, 1]  # one process can take it
+
+
+@pytest.mark.parametrize("first,second", [((32, 2, 1), (32, 1, 2)), ((32, 1, 2), (32, 2, 1)), ((8, 4, 2), (64, 1, 1))])
+def test_a_resume_on_another_split_continues_at_the_next_unseen_example(first, second):
+    lengths = [(i * 53) % 211 + 1 for i in range(1000)]  # 15 full steps of 64, then 40 examples
+    uninterrupted = steps_of(lengths, first)
+    for done in (1, 7, 15):
+        before, after = uninterrupted[:done], steps_of(lengths, second, skip_steps=done)
+        assert [sorted(s) for s in before + after] == [sorted(s) for s in uninterrupted]
+        seen = Counter(i for step in before + after for i in step)
+        assert sorted(seen) == list(range(1000)) and set(seen.values()) == {1}, "every example once per epoch"
+
+
 def test_cross_validation_folds_partition_the_data(tmp_path):
     from trainer.data import clean_splits, load_raw_splits
 

@@ -241,23 +241,73 @@ def find_resume_checkpoint(run_dir: Path, resume: str, report) -> Path | None:
     return None
 
 
-def load_checkpoint(accelerator, path: Path, state: TrainState) -> None:
-    """Restore everything ``save_checkpoint`` saved; call on every process.
+# How the global batch is split: a checkpoint may resume with another split of the same global batch.
+SPLIT_KEYS = ("world_size", "batch_size", "gradient_accumulation_steps")
 
-    ``state.setup`` must hold the current run's setup: a checkpoint made with another one is refused.
+
+def global_batch_problem(path: Path, saved: dict, current: dict) -> str | None:
+    """Why a checkpoint saved with ``saved`` (its setup) cannot go on with ``current``'s split, or None.
+
+    The examples of every step depend on the global batch only (batch size x processes x
+    accumulation), so any split of the same global batch continues exactly where the run stopped.
+    """
+    n, b, a = (saved[k] for k in SPLIT_KEYS)
+    n2, b2, a2 = (current[k] for k in SPLIT_KEYS)
+    old, new = b * n * a, b2 * n2 * a2
+    if old == new:
+        return None
+    fixes = []
+    if old % (b2 * n2) == 0:
+        fixes.append(f"--train.gradient_accumulation_steps={old // (b2 * n2)}")
+    if old % (n2 * a2) == 0:
+        fixes.append(f"--train.batch_size={old // (n2 * a2)}")
+    keep = (
+        f"resume with {' or '.join(fixes)} (or --train.global_batch_size={old}, which derives the accumulation)"
+        if fixes
+        else f"resume on a number of processes that divides {old}"
+    )
+    return (
+        f"checkpoint {path} was saved with a global batch of {old} (batch size {b} x {n} process(es) x {a} "
+        f"accumulation step(s)); this run's is {new} ({b2} x {n2} x {a2}): {keep}"
+    )
+
+
+def load_checkpoint(accelerator, path: Path, state: TrainState) -> dict:
+    """Restore everything ``save_checkpoint`` saved; call on every process. Returns the checkpoint's setup.
+
+    ``state.setup`` must hold the current run's setup: a checkpoint made with another one is refused,
+    except for the split of the global batch over processes and accumulation steps, which may change
+    while the global batch stays. Processes the checkpoint had no RNG state for (it was saved on
+    fewer) get theirs from the seed, the step and their index.
     """
     saved = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
     saved.pop("save_sequence", None)
     # Checkpoints older than train.ema_decay or optim.embedding_lr_scale were made without them.
     saved_setup = {"ema_decay": 0.0, "embedding_lr_scale": 1.0, **saved.get("setup", {})}
-    changed = {k: (v, state.setup.get(k)) for k, v in saved_setup.items() if state.setup.get(k) != v}
+    if "steps_per_epoch" not in saved_setup:  # older checkpoints: the same split was required
+        saved_setup["steps_per_epoch"] = state.setup.get("steps_per_epoch")
+    problem = global_batch_problem(path, saved_setup, state.setup)
+    if not problem and saved_setup["steps_per_epoch"] != state.setup.get("steps_per_epoch"):
+        problem = (
+            f"checkpoint {path} was saved with {saved_setup['steps_per_epoch']} steps per epoch and this run has "
+            f"{state.setup.get('steps_per_epoch')}: the examples left over after the last full global batch are "
+            f"fewer than one of the two runs' processes, so they join the step before in one run only; resume on "
+            f"{saved_setup['world_size']} process(es)"
+        )
+    if problem:
+        raise UserError(problem, on_every_rank=True)
+    changed = {
+        k: (v, state.setup.get(k)) for k, v in saved_setup.items() if k not in SPLIT_KEYS and state.setup.get(k) != v
+    }
     if changed:
         what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
         raise UserError(
             f"checkpoint {path} was made with another setup ({what}); resume with the same one",
             on_every_rank=True,
         )
-    if not (path / f"random_states_{accelerator.process_index}.pkl").is_file():
+    saved_processes = saved_setup["world_size"]
+    has_rng = (path / f"random_states_{accelerator.process_index}.pkl").is_file()
+    if not has_rng and accelerator.process_index < saved_processes:
         raise UserError(f"checkpoint {path} has no RNG state for process {accelerator.process_index}")
     refuse_unsafe_pickles(path)
     try:
@@ -267,7 +317,24 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> None:
         raise UserError(
             f"checkpoint {path} does not fit this model ({first}); resume with the settings it was made with"
         ) from exc
+    if not has_rng:  # a process the checkpoint did not have
+        seed_everything(saved_setup["seed"] + 1_000_003 * saved["step"] + accelerator.process_index)
+    # Saved at an optimizer step: the accumulation counter starts a new step, whatever it was.
+    accelerator.step = 0
+    current = state.setup
     state.load_state_dict(saved)
+    state.setup = current
+    # The data position in this run's micro-batches per process: steps done x accumulation.
+    steps_in_epoch = saved["batches_in_epoch"] // saved_setup["gradient_accumulation_steps"]
+    state.batches_in_epoch = steps_in_epoch * current["gradient_accumulation_steps"]
+    return saved_setup
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's generators (``accelerate.utils.set_seed`` on the default device)."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed % 2**32)
 
 
 def _tokenizer_digest(tokenizer: Tokenizer) -> str:

@@ -39,6 +39,13 @@ class TrainConfig:
     batch_size: int = field(default=64, metadata={"help": "examples per process per micro-step"})
     eval_batch_size: int | None = field(default=None, metadata={"help": "validation batch size (default 2x)"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "examples per optimizer step; when set, gradient_accumulation_steps is derived from it "
+            "(global / (batch_size x processes)), so a run keeps it, and resumes, on any process count"
+        },
+    )
     mixed_precision: str | None = field(
         default=None,
         metadata={
@@ -72,7 +79,7 @@ class TrainConfig:
             check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
         for key in ("epochs", "batch_size", "gradient_accumulation_steps", "log_every_steps"):
             check_range(f"train.{key}", getattr(self, key), 1)
-        for key in ("max_steps", "eval_batch_size"):
+        for key in ("max_steps", "eval_batch_size", "global_batch_size"):
             if getattr(self, key) is not None:
                 check_range(f"train.{key}", getattr(self, key), 1)
         check_range("train.eval_every_steps", self.eval_every_steps, 0)

@@ -597,15 +597,20 @@ def prepare_data(
 class LengthGroupedBatchSampler:
     """Shuffled batches of indices, optionally grouped by length, shard-friendly.
 
+    Everything is defined on optimizer steps of a global batch (``batch_size * num_shards *
+    accumulation`` examples), so the examples of every step, and their order, do not depend on how
+    the global batch is split: one process with batch 4B, two with 2B, or one with B and four
+    accumulation micro-steps see the same examples at every step. That is what lets a run resume
+    on another number of processes (``steps_in_epoch`` steps done, continue at the next one).
+
     Each epoch: a seeded permutation; with ``group_by_length``, chunks of ``mega_batches`` global
-    batches are sorted by length and cut into batches (as HF Trainer's ``group_by_length``), so
-    every batch, and every round of ``num_shards`` consecutive batches, holds similar lengths.
-    Everything is defined on global batches (``batch_size * num_shards``): one process with batch
-    2B and two with B each see the same examples at every step but possibly the last. The batch
-    count is always a multiple of ``num_shards`` with no empty batch, so accelerate's
-    ``BatchSamplerShard`` (which deals batch i to process i % num_shards) gives every process the
-    same number of batches and every example to exactly one process, once per epoch: the last
-    round's examples are spread evenly instead of padded with repeats.
+    batches are sorted by length (as HF Trainer's ``group_by_length``), so each step holds similar
+    lengths; the steps are then shuffled, a shorter last one kept last. A step is dealt as ``accumulation`` rounds of
+    ``num_shards`` batches, and accelerate's ``BatchSamplerShard`` deals batch i to process
+    i % num_shards. The batch count is a multiple of ``num_shards`` with no empty batch, so every
+    process gets the same number of batches and every example goes to exactly one process, once
+    per epoch. The last, shorter step is spread evenly over as many rounds as it fills; a rest too
+    small to give each process one example joins the step before it.
 
     ``batch_size`` is None on purpose: it tells accelerate that batch sizes vary, so it does not
     try to complete short batches with examples from the start of the epoch.
@@ -621,51 +626,71 @@ class LengthGroupedBatchSampler:
         seed: int = 0,
         group_by_length: bool = True,
         mega_batches: int = 50,
+        accumulation: int = 1,
     ) -> None:
         if len(lengths) < num_shards:
             raise UserError(f"{len(lengths)} training examples cannot be shared among {num_shards} processes")
         self.lengths = lengths
         self.per_batch = batch_size
         self.num_shards = num_shards
+        self.accumulation = accumulation
         self.seed = seed
         self.group_by_length = group_by_length
         self.mega_batches = mega_batches
         self.epoch = 0
 
+    @property
+    def global_batch(self) -> int:
+        return self.per_batch * self.num_shards * self.accumulation
+
+    def _last_rounds(self) -> int:
+        """Rounds of the last, shorter step (0: none, its examples join the step before)."""
+        rest = len(self.lengths) % self.global_batch
+        return min(self.accumulation, rest // self.num_shards)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.lengths) // self.global_batch + (self._last_rounds() > 0)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        full_rounds, rest = divmod(len(self.lengths), self.per_batch * self.num_shards)
-        # A remainder smaller than num_shards is folded into the last full round.
-        return (full_rounds + (rest >= self.num_shards)) * self.num_shards
+        full_steps = len(self.lengths) // self.global_batch
+        return (full_steps * self.accumulation + self._last_rounds()) * self.num_shards
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        size = self.global_batch
         if self.group_by_length:
-            mega = self.per_batch * self.num_shards * self.mega_batches
+            mega = size * self.mega_batches
             order = [
                 i
                 for start in range(0, len(order), mega)
                 for i in sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
             ]
-        n, round_size = self.num_shards, self.per_batch * self.num_shards
-        full = len(order) // round_size * round_size
-        batches = [order[i : i + self.per_batch] for i in range(0, full, self.per_batch)]
+        full = len(order) // size * size
+        steps = [order[i : i + size] for i in range(0, full, size)]
         rest = order[full:]
-        if 0 < len(rest) < n:  # too few to give each process one: fold into the last full round
-            rest = [i for batch in batches[-n:] for i in batch] + rest
-            del batches[-n:]
-        if rest:
-            share, extra = divmod(len(rest), n)
-            bounds = [k * share + min(k, extra) for k in range(n + 1)]
-            batches += [rest[bounds[k] : bounds[k + 1]] for k in range(n)]
-        # Shuffle whole rounds, so processes still see similar lengths at the same step.
-        rounds = [batches[i : i + n] for i in range(0, len(batches), n)]
-        random.Random(self.seed + self.epoch).shuffle(rounds)
-        for round_ in rounds:
-            yield from round_
+        if rest and not self._last_rounds():  # too few to give each process one: into the last full step
+            steps[-1], rest = steps[-1] + rest, []
+        random.Random(self.seed + self.epoch).shuffle(steps)
+        if rest:  # last: accelerate ends an accumulation step early only at the end of the loader
+            steps.append(rest)
+        for step in steps:
+            yield from self._deal(step)
+
+    def _deal(self, step: list[int]) -> list[list[int]]:
+        """A step's batches, round by round: a full step in batches of ``batch_size``, any other
+        spread evenly over its rounds."""
+        rounds = self.accumulation if len(step) >= self.global_batch else self._last_rounds()
+        count = rounds * self.num_shards
+        if len(step) == self.global_batch:
+            return [step[i : i + self.per_batch] for i in range(0, len(step), self.per_batch)]
+        share, extra = divmod(len(step), count)
+        bounds = [k * share + min(k, extra) for k in range(count + 1)]
+        return [step[bounds[k] : bounds[k + 1]] for k in range(count)]
 
 
 class PaddingCollator:
@@ -697,6 +722,7 @@ def build_dataloaders(
     seed: int = 0,
     mixed_precision: bool = False,
     pin_memory: bool = False,
+    accumulation: int = 1,
 ) -> tuple[DataLoader, DataLoader]:
     """Training loader (length-grouped, shard-friendly batches) and validation loader.
 
@@ -705,7 +731,9 @@ def build_dataloaders(
     """
     multiple = config.pad_to_multiple_of or (8 if mixed_precision else 1)
     collate = PaddingCollator(pad_id(data.tokenizer), multiple, config.length_buckets)
-    sampler = LengthGroupedBatchSampler(lengths_of(data.train), batch_size, num_shards, seed, config.group_by_length)
+    sampler = LengthGroupedBatchSampler(
+        lengths_of(data.train), batch_size, num_shards, seed, config.group_by_length, accumulation=accumulation
+    )
     common = {"collate_fn": collate, "num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
     common["pin_memory"] = pin_memory  # page-locked batches copy to a GPU faster
     # Own generators: iterating a loader must not draw from the global RNG (dropout's), or a run

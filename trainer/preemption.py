@@ -2,8 +2,12 @@
 
 The signal may reach the processes at different moments (or only some of them); the flag is
 combined across processes at every optimizer step, so all of them stop after the same step.
-Under SLURM the main process then requeues the job (``scontrol requeue``), and the requeued job
-resumes with ``--checkpoint.resume=auto``.
+SIGUSR1 is the time-limit warning (``#SBATCH --signal=USR1@N``, or launch/slurm.sbatch passing on
+its ``B:USR1``): under SLURM the main process then requeues the job (``scontrol requeue``), and
+the requeued job resumes with ``--checkpoint.resume=auto``. SIGTERM is what ``scancel`` and a
+preemption send: the run checkpoints and stops, and is not requeued by us (a cancelled job must
+stay cancelled; SLURM requeues a preempted one itself where its partition says so). When both
+came, SIGTERM wins.
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ class Preemption:
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
-        self.signum = signum
+        if self.signum != signal.SIGTERM:  # SIGTERM, once come, stays
+            self.signum = signum
 
     def requested(self, accelerator) -> int | None:
-        """The signal number if any process got one (the same answer on every process)."""
+        """The signal number if any process got one (the same answer on every process; SIGTERM
+        over SIGUSR1, which has the lower number)."""
         local = torch.tensor([self.signum or 0], device=accelerator.device)
         if accelerator.num_processes > 1:
             local = accelerator.reduce(local, "max")
@@ -46,7 +52,7 @@ class Preemption:
     @staticmethod
     def requeue() -> str | None:
         """Requeue this SLURM job; returns what happened, or None outside SLURM."""
-        job = os.environ.get("SLURM_JOB_ID")
+        job = slurm_job()
         if not job:
             return None
         result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
@@ -54,3 +60,15 @@ class Preemption:
             return f"requeued SLURM job {job}"
         print(f"scontrol requeue {job} failed: {result.stderr.strip()}", file=sys.stderr)
         return f"could not requeue SLURM job {job}"
+
+
+def slurm_job() -> str | None:
+    """This SLURM job, as scontrol names it: an array task is ``<array job id>_<task id>``.
+
+    The first task of an array has the array's own job id as its ``SLURM_JOB_ID``, and that id
+    alone names every task of the array: requeueing it would requeue them all.
+    """
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None

@@ -47,7 +47,7 @@ from trainer.checkpoint import (
     save_checkpoint,
     state_digest,
 )
-from trainer.config import Config, config_reference, load_config, preset_names, to_yaml
+from trainer.config import Config, TrainConfig, config_reference, load_config, preset_names, to_yaml
 from trainer.data import Coordination, LengthGroupedBatchSampler, PreparedData, build_dataloaders, prepare_data
 from trainer.errors import UserError, as_user_error, check_writable_dir, exit_for, print_error
 from trainer.hardware import choose_precision, cpu_info
@@ -55,7 +55,7 @@ from trainer.metrics import METRICS_FOR, MetricsLog, Throughput, classification_
 from trainer.model import SentimentRNN, class_probabilities, classification_loss
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.plot import plot_run, read_metrics
-from trainer.preemption import Preemption
+from trainer.preemption import Preemption, slurm_job
 from trainer.tokenizer import pad_id, save_tokenizer
 from trainer.tracking import tracker_resume_kwargs, tracker_setup
 from trainer.vectors import initialise_embedding, load_word_vectors
@@ -98,6 +98,34 @@ def build_accelerator(config: Config, log_with: list[str], run_dir: Path, precis
         )
     except ValueError as exc:  # e.g. fp16 without a GPU
         raise UserError(f"train.mixed_precision={config.train.mixed_precision}: {exc}") from exc
+
+
+def apply_global_batch(train: TrainConfig, processes: int) -> None:
+    """With ``train.global_batch_size``: the gradient accumulation that gives it on this many processes."""
+    wanted = train.global_batch_size
+    if wanted is None:
+        return
+    per_micro_step = train.batch_size * processes
+    if wanted % per_micro_step:
+        fix = (
+            f"a --train.batch_size that divides {wanted // processes}"
+            if wanted % processes == 0
+            else f"a number of processes that divides {wanted}"
+        )
+        raise UserError(
+            f"train.global_batch_size={wanted} is not a multiple of batch_size {train.batch_size} x {processes} "
+            f"process(es) = {per_micro_step}; choose {fix}, or another global batch size",
+            on_every_rank=True,
+        )
+    train.gradient_accumulation_steps = wanted // per_micro_step
+
+
+def describe_split(setup: dict) -> str:
+    """How a run's global batch is split, from a checkpoint setup."""
+    return (
+        f"{setup['world_size']} process(es) x batch size {setup['batch_size']} x "
+        f"{setup['gradient_accumulation_steps']} accumulation step(s)"
+    )
 
 
 def resolve_run_dir(config: Config, preset: str, state: PartialState) -> Path:
@@ -202,6 +230,18 @@ def run_info(config: Config, accelerator: Accelerator, data_stats: dict, precisi
         "command": sys.argv,
         "data": data_stats,
     }
+
+
+def where_this_process_runs(accelerator: Accelerator) -> dict:
+    """This process's rank, host and, under SLURM, node and job (gathered into run_info.json)."""
+    place = {"rank": accelerator.process_index, "local_rank": accelerator.local_process_index, "host": platform.node()}
+    if os.environ.get("SLURM_JOB_ID"):
+        place |= {"slurm_job": slurm_job(), "slurm_node": os.environ.get("SLURMD_NODENAME")}
+        place |= {
+            "slurm_node_id": os.environ.get("SLURM_NODEID"),
+            "slurm_restarts": os.environ.get("SLURM_RESTART_COUNT", "0"),
+        }
+    return place
 
 
 def git_commit() -> str | None:
@@ -317,7 +357,9 @@ def setup(config: Config, preset: str) -> Run:
     """Process group, run folder, trackers, data, model, optimizer and schedule, all prepared."""
     train_cfg = config.train
     # The process group comes first: the run folder (and so the W&B folder) is agreed on it.
-    run_dir = resolve_run_dir(config, preset, PartialState(cpu=on_cpu(config)))
+    processes = PartialState(cpu=on_cpu(config))
+    apply_global_batch(train_cfg, processes.num_processes)
+    run_dir = resolve_run_dir(config, preset, processes)
     log_with, tracker_kwargs, tracker_note = tracker_setup(config.logging, run_dir)
     # The main process's choice for all: processes on CPUs of different kinds must agree.
     precision, precision_reason = broadcast_object_list(
@@ -347,9 +389,10 @@ def setup(config: Config, preset: str) -> Run:
         seed=train_cfg.seed,
         mixed_precision=accelerator.mixed_precision != "no",
         pin_memory=accelerator.device.type == "cuda",
+        accumulation=train_cfg.gradient_accumulation_steps,
     )
     sampler = train_loader.batch_sampler
-    steps_per_epoch = math.ceil(len(sampler) // accelerator.num_processes / train_cfg.gradient_accumulation_steps)
+    steps_per_epoch = sampler.steps_per_epoch
     total_steps = train_cfg.max_steps or train_cfg.epochs * steps_per_epoch
 
     model = SentimentRNN(
@@ -370,7 +413,7 @@ def setup(config: Config, preset: str) -> Run:
     state = TrainState(setup={
         "world_size": accelerator.num_processes, "batch_size": train_cfg.batch_size,
         "gradient_accumulation_steps": train_cfg.gradient_accumulation_steps, "seed": train_cfg.seed,
-        "train_examples": len(data.train), "ema_decay": train_cfg.ema_decay,
+        "train_examples": len(data.train), "steps_per_epoch": steps_per_epoch, "ema_decay": train_cfg.ema_decay,
         "embedding_lr_scale": config.optim.embedding_lr_scale,  # the optimizer's groups depend on it
         **{f"model.{key}": value for key, value in config.model.architecture().items()},
         "vocab_size": data.tokenizer.get_vocab_size(), "num_labels": len(data.label_map.names),
@@ -385,8 +428,10 @@ def setup(config: Config, preset: str) -> Run:
             raise UserError(problem, on_every_rank=True)
         resume_from = found
         if resume_from:
-            load_checkpoint(accelerator, Path(resume_from), state)
-            say(accelerator, f"resumed from {resume_from} at step {state.step} (epoch {state.epoch})")
+            saved = load_checkpoint(accelerator, Path(resume_from), state)
+            old, new = (describe_split(setup) for setup in (saved, state.setup))
+            moved = f"; saved with {old}, continuing with {new}" if old != new else ""
+            say(accelerator, f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}){moved}")
     if resume_from:
         tracker_kwargs = tracker_resume_kwargs(tracker_kwargs, state.tracker_run_id)
 
@@ -394,6 +439,7 @@ def setup(config: Config, preset: str) -> Run:
     info["resumed_from"] = resume_from
     # Which process tokenised and which reused the cache (the main one goes first).
     info["data_per_rank"] = gather_object([data.stats])
+    info["processes"] = gather_object([where_this_process_runs(accelerator)])
     info |= {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     info["num_parameters"] = sum(p.numel() for p in model.parameters())
     info["pretrained_embeddings"] = embedding_stats
@@ -451,7 +497,7 @@ def overlap_warning(config: Config, shared: int, validation_rows: int) -> str:
     return line
 
 
-def fit(run: Run) -> int:
+def fit(run: Run, preemption: Preemption) -> int:
     """The training loop. Exports best/ and final/; returns the exit code (128 + signal if preempted)."""
     config, accelerator, model, optimizer, state = run.config, run.accelerator, run.model, run.optimizer, run.state
     metrics, last_eval_step, stop, stop_signum = {}, -1, None, 0
@@ -460,8 +506,6 @@ def fit(run: Run) -> int:
     guard = FiniteGuard(run)
     progress = tqdm(total=run.total_steps, initial=state.step, disable=not accelerator.is_main_process,
                     desc="training", unit="step")  # fmt: skip
-    preemption = Preemption()
-    preemption.install()
 
     def note(line: str) -> None:
         if accelerator.is_main_process:
@@ -580,12 +624,13 @@ def fit(run: Run) -> int:
                 break
     finally:  # also when a check stops the run: the bar must not print after its error
         progress.close()
-        preemption.uninstall()
 
     if stop and stop.startswith("signal"):
-        requeued = Preemption.requeue() if accelerator.is_main_process else None
-        say(accelerator, f"stopped by {stop} at step {state.step}; resume with --checkpoint.resume=auto"
-            + (f" ({requeued})" if requeued else ""))  # fmt: skip
+        # The time-limit warning requeues a SLURM job; SIGTERM (scancel, preemption) does not.
+        requeue = stop_signum == signal.SIGUSR1 and accelerator.is_main_process
+        requeued = Preemption.requeue() if requeue else None
+        line = f"stopped by {stop} at step {state.step}; resume with --checkpoint.resume=auto"
+        say(accelerator, line + (f" ({requeued})" if requeued else ""))
         leave_together(accelerator)
         return 128 + stop_signum
 
@@ -803,6 +848,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     run = None
+    # From the start: a signal during setup (data preparation can take a while) is not lost; the
+    # run stops after its first step.
+    preemption = Preemption()
+    preemption.install()
     try:
         try:
             preset, overrides, overwrite, debug = parse_cli(argv)
@@ -812,13 +861,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         config.train.overwrite = config.train.overwrite or overwrite
         run = setup(config, preset)
-        return fit(run)
+        return fit(run, preemption)
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":  # the launcher's rank: no process group is needed to know it
             print(interrupted(run), file=sys.stderr)
         return 130
     except Exception as exc:
         return exit_for(exc, debug, report)
+    finally:
+        preemption.uninstall()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ FAULT_AT_STEP=n with FAULT_KIND=raise (RuntimeError), kill (SIGKILL) or nan (eve
 becomes nan): in the n-th gradient clipping call, i.e. during optimizer step n.
 FAULT_KILL_IN_SAVE=n: SIGKILL while the n-th checkpoint is being put in place (after its files
 are written, before the rename).
+FAULT_SLOW_STEP=seconds (every rank): see below.
 """
 
 import os
@@ -47,3 +48,18 @@ if os.environ.get("FAULT_RANK") is not None and os.environ.get("RANK", "0") == o
             return _replace(src, dst, *args, **kwargs)
 
         os.replace = _faulty_replace
+
+# FAULT_SLOW_STEP=seconds: every optimizer step of that rank takes that much longer (a job that runs
+# long enough to be signalled), in the first run of a SLURM job only (not once it is requeued).
+if os.environ.get("FAULT_SLOW_STEP") and os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
+    import time
+
+    import torch
+
+    _unslowed = torch.nn.utils.clip_grad_norm_
+
+    def _slow_clip(*args, **kwargs):
+        time.sleep(float(os.environ["FAULT_SLOW_STEP"]))
+        return _unslowed(*args, **kwargs)
+
+    torch.nn.utils.clip_grad_norm_ = _slow_clip
