@@ -193,7 +193,7 @@ def easy_csv(path, n=800):
 
 def test_training_learns(tmp_path):
     path = easy_csv(tmp_path / "easy.csv")
-    args = ["--optim.lr=1e-2", "--model.hidden_dim=32", "--model.embedding_dim=32", "--train.epochs=3"]
+    args = ["--optim.lr=1e-2", "--model.hidden_dim=32", "--model.embedding_dim=32", "--train.epochs=5"]
     assert (
         main(["--config", "tiny", f"--data.train_files={path}", f"--train.output_dir={tmp_path / 'run'}", *args]) == 0
     )
@@ -208,7 +208,7 @@ def test_accumulation_bf16_and_schedule_follow_optimizer_steps(tmp_path):
     args = ["--train.gradient_accumulation_steps=2", "--train.mixed_precision=bf16", "--optim.warmup_steps=3"]
     assert main(["--config", "tiny", f"--train.output_dir={run}", "--train.log_every_steps=1", *args]) == 0
     info = read_json(run / "run_info.json")
-    # 17 batches per epoch -> 9 optimizer steps (the last one accumulates a single batch).
+    # 540 examples in global batches of 64: 8 full steps, then 28 examples as 2 batches of 14 -> 9 steps.
     assert info["steps_per_epoch"] == 9 and info["total_steps"] == info["final_step"] == 18
     assert info["global_batch_size"] == 64 and info["mixed_precision"] == "bf16"
     lrs = [r["train/lr"] for r in read_jsonl(run / "metrics.jsonl") if "train/lr" in r]
