@@ -1,6 +1,7 @@
 """Loaded by tests through PYTHONPATH: makes one process fail at a chosen moment.
 
-FAULT_RANK: the rank that fails ("0" also means a process started without a launcher).
+FAULT_RANK: the rank that fails ("0" also means a process started without a launcher); or
+FAULT_SLURM_NODE: the SLURM node id (SLURM_NODEID) whose processes fail.
 FAULT_AT_STEP=n with FAULT_KIND=raise (RuntimeError), kill (SIGKILL) or nan (every gradient
 becomes nan): in the n-th gradient clipping call, i.e. during optimizer step n.
 FAULT_KILL_IN_SAVE=n: SIGKILL while the n-th checkpoint is being put in place (after its files
@@ -11,7 +12,11 @@ FAULT_SLOW_STEP=seconds (every rank): see below.
 import os
 import signal
 
-if os.environ.get("FAULT_RANK") is not None and os.environ.get("RANK", "0") == os.environ["FAULT_RANK"]:
+_rank = os.environ.get("FAULT_RANK") is not None and os.environ.get("RANK", "0") == os.environ["FAULT_RANK"]
+_node = (
+    os.environ.get("FAULT_SLURM_NODE") is not None and os.environ.get("SLURM_NODEID") == os.environ["FAULT_SLURM_NODE"]
+)
+if _rank or _node:
     if os.environ.get("FAULT_AT_STEP"):
         import torch
 
