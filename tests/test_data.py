@@ -9,7 +9,17 @@ from accelerate.data_loader import BatchSamplerShard
 from conftest import review_rows, shared_file, write_csv
 
 from trainer.corpus import CorpusConfig, generate_corpus
-from trainer.data import DataConfig, LengthGroupedBatchSampler, PaddingCollator, build_dataloaders, prepare_data
+from trainer.data import (
+    DataConfig,
+    LengthGroupedBatchSampler,
+    PaddingCollator,
+    build_dataloaders,
+    build_tokenizer,
+    clean_splits,
+    load_raw_splits,
+    prepare_data,
+    tokenizer_sample,
+)
 from trainer.errors import UserError
 from trainer.tokenizer import PAD_ID, UNK_ID, TokenizerConfig, train_tokenizer
 
@@ -256,3 +266,90 @@ def test_length_buckets_bound_the_padding_and_the_number_of_shapes():
     assert len({padded_width(n, 1, 8) for n in range(1, 513)}) == 56  # instead of 512 without buckets
     assert {padded_width(n, 8, 8) % 8 for n in range(1, 513)} == {0}
     assert [padded_width(n) for n in (1, 5, 300)] == [1, 5, 300]  # off: the longest row
+
+
+def write_shards(folder, rows: list[tuple[str, int]], shards: int, columns=("text", "label")) -> list:
+    """``rows`` cut into ``shards`` parquet files, as the Hub ships big datasets."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(shards):
+        part = rows[k::shards]
+        path = folder / f"train-{k:05d}-of-{shards:05d}.parquet"
+        datasets.Dataset.from_dict({c: [r[i] for r in part] for i, c in enumerate(columns)}).to_parquet(str(path))
+        paths.append(path)
+    return paths
+
+
+def test_globs_and_folders_of_shards_load_every_file(tmp_path):
+    rows = review_rows(300)
+    paths = write_shards(tmp_path / "shards", rows, 3)
+    (tmp_path / "shards" / "README.md").write_text("not data")
+    by_glob = prepare(tmp_path, train_files=[str(tmp_path / "shards" / "*.parquet")], validation_fraction=0.1)
+    by_folder = prepare(tmp_path, train_files=[str(tmp_path / "shards")], validation_fraction=0.1)
+    by_name = prepare(tmp_path, train_files=[str(p) for p in paths], validation_fraction=0.1)
+    for data in (by_glob, by_folder):
+        assert data.stats["train_examples"] + data.stats["validation_examples"] == 300
+        assert list(data.train["input_ids"]) == list(by_name.train["input_ids"]), "the same rows in the same order"
+    assert by_folder.stats["train_tokens_cache_hit"], "a glob, a folder and the file names are the same input"
+    write_shards(tmp_path / "shards" / "more", review_rows(30, seed=1), 1)  # a new shard: a new cache key
+    grown = prepare(tmp_path, train_files=[str(tmp_path / "shards")], validation_fraction=0.1)
+    assert grown.stats["train_examples"] + grown.stats["validation_examples"] == 330
+    with pytest.raises(UserError, match=r"no file matches '.*/nothing-\*\.parquet'; check --data.train_files"):
+        prepare(tmp_path, train_files=[str(tmp_path / "nothing-*.parquet")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"folder .*/empty holds no csv, tsv, json, jsonl or parquet file"):
+        prepare(tmp_path, train_files=[str(tmp_path / "empty")])
+
+
+def test_several_text_columns_are_joined_and_a_missing_one_is_named(tmp_path):
+    rows = [
+        (title, text, label) for (text, label), title in zip(review_rows(60), ["Great!", None, ""] * 20, strict=True)
+    ]
+    write_shards(tmp_path / "amazon", rows, 2, columns=("title", "content", "label"))
+    files = [str(tmp_path / "amazon")]
+    data = prepare(tmp_path, train_files=files, text_column="title,content", max_train_examples=None)
+    config = DataConfig(train_files=files, text_column="title, content", text_separator=" | ")
+    splits, _, _ = clean_splits(load_raw_splits(config), config)
+    joined = sorted([*splits["train"]["text"], *splits["validation"]["text"]])
+    expected = sorted((f"{title} | {text}" if title else text) for title, text, _ in rows)
+    assert joined == expected, "a missing or empty title leaves the content alone"
+    assert data.stats["train_examples"] + data.stats["validation_examples"] == 60
+    with pytest.raises(
+        UserError, match=r"the train split has no column 'summary'; columns found: title, content, label"
+    ):
+        prepare(tmp_path, train_files=files, text_column="title,summary")
+    with pytest.raises(UserError, match="names no column"):
+        DataConfig(text_column=", ")
+
+
+def test_the_tokenizer_learns_from_a_seeded_sample_of_the_training_texts(tmp_path):
+    train = datasets.Dataset.from_dict({"text": [f"word{i} common{i % 7}" for i in range(2000)]})
+    config = TokenizerConfig(model="wordlevel", vocab_size=5000, min_frequency=1, train_sample=300, sample_seed=3)
+    sample = tokenizer_sample(train, config)
+    assert len(sample) == 300 and len(set(sample["text"])) == 300
+    again = tokenizer_sample(train, config)
+    assert sample["text"] == again["text"], "the same seed, the same sample"
+    other = tokenizer_sample(train, TokenizerConfig(train_sample=300, sample_seed=4))
+    assert other["text"] != sample["text"]
+    first, source = build_tokenizer(train, config, tmp_path / "a", "key")
+    second, _ = build_tokenizer(train, config, tmp_path / "b", "key")  # trained again, in another cache
+    assert source == "trained" and first.to_str() == second.to_str()
+    assert first.get_vocab_size() == 2 + 300 + 7  # specials, the sampled words, every commonN
+    everything = TokenizerConfig(model="wordlevel", vocab_size=5000, min_frequency=1, train_sample=10_000)
+    whole, _ = build_tokenizer(train, everything, tmp_path / "c", "key")  # a sample larger than the data
+    assert whole.get_vocab_size() == 2 + 2000 + 7
+    assert TokenizerConfig().train_sample == 200_000
+
+
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("n", [1000, 1024, 65, 70])
+def test_each_batch_knows_the_examples_of_its_step(n, split):
+    """What the loop weighs each batch's loss by: its share of its step's examples."""
+    lengths = [(i * 53) % 211 + 1 for i in range(n)]
+    batch, processes, accumulation = split
+    sampler = LengthGroupedBatchSampler(lengths, batch, processes, seed=5, accumulation=accumulation)
+    per_rank = shard(sampler, processes)
+    for micro_batch in range(len(per_rank[0])):
+        step = micro_batch // accumulation
+        in_step = range(step * accumulation, min((step + 1) * accumulation, len(per_rank[0])))
+        assert sampler.step_examples(micro_batch) == sum(len(r[k]) for r in per_rank for k in in_step)

@@ -315,3 +315,29 @@ def test_adversarial_loss_adds_the_loss_at_embeddings_moved_uphill_by_epsilon():
     assert adversarial > clean, "the perturbation goes uphill"
     total.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_sigterm_outranks_the_time_limit_warning_and_only_the_warning_requeues(monkeypatch):
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from trainer.preemption import Preemption, slurm_job
+
+    preemption = Preemption()
+    preemption.install()
+    try:
+        alone = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
+        assert preemption.requested(alone) is None
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert preemption.requested(alone) == signal.SIGUSR1
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGUSR1)  # a later warning does not undo a cancel
+        assert preemption.requested(alone) == signal.SIGTERM
+    finally:
+        preemption.uninstall()
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    assert slurm_job() == "41"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "41")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert slurm_job() == "41_3", "an array task by its own name: the bare id names the whole array"

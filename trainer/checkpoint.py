@@ -324,8 +324,9 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> dict:
     current = state.setup
     state.load_state_dict(saved)
     state.setup = current
-    # The data position in this run's micro-batches per process: steps done x accumulation.
-    steps_in_epoch = saved["batches_in_epoch"] // saved_setup["gradient_accumulation_steps"]
+    # The data position in this run's micro-batches per process: steps done x accumulation. The
+    # epoch's last step may have had fewer micro-batches than the accumulation: it counts whole.
+    steps_in_epoch = -(-saved["batches_in_epoch"] // saved_setup["gradient_accumulation_steps"])
     state.batches_in_epoch = steps_in_epoch * current["gradient_accumulation_steps"]
     return saved_setup
 

@@ -9,6 +9,8 @@ second run on the same data and tokenizer loads them instead of redoing the work
 from __future__ import annotations
 
 import bz2
+import dataclasses
+import glob
 import gzip
 import hashlib
 import json
@@ -55,15 +57,26 @@ class DataConfig:
     revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (branch, tag or commit)"})
     train_files: list[str] | None = field(
         default=None,
-        metadata={"help": "local training files (csv, tsv, json, jsonl, parquet; .gz etc. too); overrides name"},
+        metadata={
+            "help": "local training files (csv, tsv, json, jsonl, parquet; .gz etc. too), globs ('shards/*.parquet') "
+            "or folders of them; overrides name"
+        },
     )
-    validation_files: list[str] | None = field(default=None, metadata={"help": "local validation files"})
+    validation_files: list[str] | None = field(
+        default=None, metadata={"help": "local validation files, globs or folders"}
+    )
     train_split: str = field(default="train", metadata={"help": "Hub split to train on"})
     validation_split: str | None = field(
         default="auto",
         metadata={"help": "Hub split to validate on; auto: 'validation' if there is one; null: carve from train"},
     )
-    text_column: str = field(default="text", metadata={"help": "column holding the text"})
+    text_column: str = field(
+        default="text",
+        metadata={"help": "column holding the text; several, comma-separated (title,content), are joined into one"},
+    )
+    text_separator: str = field(
+        default="\n", metadata={"help": "what joins several text columns (a missing or empty one is left out)"}
+    )
     csv_delimiter: str | None = field(
         default=None, metadata={"help": "the field separator of csv files (default: ',' for .csv, tab for .tsv)"}
     )
@@ -97,6 +110,13 @@ class DataConfig:
         },
     )
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    num_proc: int = field(
+        default=1,
+        metadata={
+            "help": "processes that tokenise (datasets.map num_proc); 1: one process, whose tokenizer uses "
+            "every core itself"
+        },
+    )
     cache_dir: str | None = field(
         default=None,
         metadata={"help": "where tokenizers and tokenised data are cached (default $XDG_CACHE_HOME/sentiment-trainer)"},
@@ -114,12 +134,19 @@ class DataConfig:
         if self.csv_delimiter is not None and len(self.csv_delimiter) != 1:
             raise UserError(f"data.csv_delimiter={self.csv_delimiter!r} must be one character, e.g. ';'")
         check_range("data.num_workers", self.num_workers, 0)
+        check_range("data.num_proc", self.num_proc, 1)
+        if not [c for c in self.text_columns if c]:
+            raise UserError(f"data.text_column={self.text_column!r} names no column; e.g. text, or title,content")
         check_range("data.length_buckets", self.length_buckets, 0)
         if self.pad_to_multiple_of is not None:
             check_range("data.pad_to_multiple_of", self.pad_to_multiple_of, 1)
         for key in ("max_train_examples", "max_eval_examples"):
             if getattr(self, key) is not None:
                 check_range(f"data.{key}", getattr(self, key), 1)
+
+    @property
+    def text_columns(self) -> list[str]:
+        return [c.strip() for c in self.text_column.split(",")]
 
     @property
     def source(self) -> str:
@@ -159,12 +186,30 @@ def _file_format(path: str) -> str:
     return ext
 
 
+def expand_files(entries: list[str], option: str = "--data.train_files / --data.validation_files") -> list[str]:
+    """The data files that ``entries`` name: files as given, globs (``shards/*.parquet``, ``**`` too)
+    and folders expanded to the data files in them (any depth), each sorted by name."""
+    files = []
+    for entry in entries:
+        if any(c in entry for c in "*?["):
+            matched = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
+            if not matched:
+                raise UserError(f"no file matches {entry!r}; check {option} (quote a glob so the shell leaves it)")
+            files += matched
+        elif os.path.isdir(entry):
+            found = sorted(str(p) for p in Path(entry).rglob("*") if p.is_file() and _extension(str(p)) in FORMATS)
+            if not found:
+                raise UserError(f"folder {entry} holds no csv, tsv, json, jsonl or parquet file; check {option}")
+            files += found
+        else:
+            files.append(entry)
+    return files
+
+
 def _file_identity(paths: list[str], option: str = "--data.train_files / --data.validation_files") -> list:
     """[path, size, mtime] of each file; a missing, unreadable or non-file path is an error naming ``option``."""
     identity = []
     for path in paths:
-        if os.path.isdir(path):
-            raise UserError(f"{path} is a folder, not a data file; give the files in it (check {option})")
         if not os.path.isfile(path):
             raise UserError(f"data file {path} does not exist; check {option}")
         try:
@@ -181,6 +226,7 @@ def source_identity(config: DataConfig) -> dict:
     """What determines the prepared (pre-tokenisation) data; part of every cache key."""
     keys = (
         "text_column",
+        "text_separator",
         "label_column",
         "csv_delimiter",
         "validation_fraction",
@@ -192,8 +238,8 @@ def source_identity(config: DataConfig) -> dict:
     prep = {k: getattr(config, k) for k in (*keys, "max_eval_examples")}
     if config.source == "files":
         files = {
-            "train": _file_identity(config.train_files),
-            "validation": _file_identity(config.validation_files or []),
+            "train": _file_identity(expand_files(config.train_files)),
+            "validation": _file_identity(expand_files(config.validation_files or [])),
         }
         return {"files": files, **prep}
     if config.source == "builtin":
@@ -299,8 +345,8 @@ def load_raw_splits(config: DataConfig) -> dict[str, datasets.Dataset | None]:
     """The raw train and (possibly missing) validation splits, before any cleaning."""
     if config.source == "files":
         delimiter = config.csv_delimiter
-        validation = _load_files(config.validation_files, delimiter) if config.validation_files else None
-        return {"train": _load_files(config.train_files, delimiter), "validation": validation}
+        validation = _load_files(expand_files(config.validation_files), delimiter) if config.validation_files else None
+        return {"train": _load_files(expand_files(config.train_files), delimiter), "validation": validation}
     if config.source == "builtin":
         return {"train": datasets.Dataset.from_dict(corpus.generate_corpus(config.builtin)), "validation": None}
     splits = _load_hub(config)
@@ -338,23 +384,28 @@ def load_labelled(source: str, split: str = "test", text_column: str = "text", l
 def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> datasets.Dataset:
     training = split in ("train", "validation")  # else a file or split given to evaluate
     where = f"the {split} split" if training else split
-    for key in ("text_column", "label_column"):
-        column = getattr(config, key)
+    text_columns = config.text_columns
+    for key, columns in (("text_column", text_columns), ("label_column", [config.label_column])):
         option = f"--data.{key}" if training else f"--{key.replace('_', '-')}"
-        if column not in ds.column_names:
-            found = ", ".join(ds.column_names) or "none"
-            separator = _other_separator(ds.column_names)
-            if separator:
-                raise UserError(_separator_problem(where, separator, "--data.csv_delimiter" if training else None))
-            raise UserError(f"{where} has no column {column!r}; columns found: {found} (set {option})")
-    text_feature = ds.features[config.text_column]
-    if not (isinstance(text_feature, datasets.Value) and text_feature.dtype in ("string", "large_string")):
-        kind = text_feature.dtype if isinstance(text_feature, datasets.Value) else type(text_feature).__name__
-        option = "--data.text_column" if training else "--text-column"
-        raise UserError(
-            f"{where}: the text column {config.text_column!r} holds {kind} values, not text; set {option} "
-            "to the column with the texts"
-        )
+        for column in columns:
+            if column not in ds.column_names:
+                found = ", ".join(ds.column_names) or "none"
+                separator = _other_separator(ds.column_names)
+                if separator:
+                    raise UserError(_separator_problem(where, separator, "--data.csv_delimiter" if training else None))
+                raise UserError(f"{where} has no column {column!r}; columns found: {found} (set {option})")
+    for column in text_columns:
+        text_feature = ds.features[column]
+        if not (isinstance(text_feature, datasets.Value) and text_feature.dtype in ("string", "large_string")):
+            kind = text_feature.dtype if isinstance(text_feature, datasets.Value) else type(text_feature).__name__
+            option = "--data.text_column" if training else "--text-column"
+            raise UserError(
+                f"{where}: the text column {column!r} holds {kind} values, not text; set {option} "
+                "to the column with the texts"
+            )
+    if len(text_columns) > 1:
+        ds = join_text_columns(ds, text_columns, config.text_separator, config.label_column)
+        config = dataclasses.replace(config, text_column="text")
     ds = ds.select_columns([config.text_column, config.label_column])
     label_feature = ds.features[config.label_column]
     if isinstance(label_feature, datasets.ClassLabel):  # hub datasets: ids -> their names
@@ -371,6 +422,21 @@ def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> dat
     if config.label_column != "label":
         ds = ds.rename_column(config.label_column, "label")
     return ds
+
+
+def join_text_columns(ds: datasets.Dataset, columns: list[str], separator: str, label: str) -> datasets.Dataset:
+    """``columns`` joined into one ``text`` column by Arrow, batch by batch; a missing (null) or
+    empty part is left out, so a review without a title is its content alone."""
+
+    def join(table: pa.Table) -> pa.Table:
+        parts = [pc.cast(table[c], pa.large_string()) for c in columns]  # parquet and csv may differ
+        parts = [pc.if_else(pc.equal(part, ""), None, part) for part in parts]
+        text = pc.binary_join_element_wise(*parts, pa.scalar(separator, pa.large_string()), null_handling="skip")
+        return pa.table({"text": text, label: table[label]})
+
+    features = datasets.Features({"text": datasets.Value("string"), label: ds.features[label]})
+    joined = ds.with_format("arrow").map(join, batched=True, remove_columns=ds.column_names, features=features)
+    return joined.with_format(None)
 
 
 def _other_separator(columns: list[str]) -> str | None:
@@ -502,6 +568,16 @@ def _text_batches(ds: datasets.Dataset, batch_size: int = 1000) -> Iterator[list
         yield ds[start : start + batch_size]["text"]
 
 
+def tokenizer_sample(train: datasets.Dataset, config: TokenizerConfig) -> datasets.Dataset:
+    """The training texts the tokenizer learns from: all of them, or ``config.train_sample`` drawn
+    with ``config.sample_seed`` (in file order, for sequential reads)."""
+    if config.train_sample is None or config.train_sample >= len(train):
+        return train
+    generator = torch.Generator().manual_seed(config.sample_seed)
+    chosen = torch.randperm(len(train), generator=generator)[: config.train_sample].sort().values
+    return train.select(chosen.numpy())
+
+
 def build_tokenizer(train: datasets.Dataset, config: TokenizerConfig, cache_dir: Path, data_key: str) -> tuple:
     """The tokenizer from ``config.path``, the cache, or trained on ``train``.
 
@@ -512,7 +588,7 @@ def build_tokenizer(train: datasets.Dataset, config: TokenizerConfig, cache_dir:
     path = cache_dir / "tokenizers" / f"{_digest([data_key, asdict(config)])}.json"
     if path.is_file():
         return load_tokenizer(path), "cache"
-    tokenizer = train_tokenizer(_text_batches(train), config)
+    tokenizer = train_tokenizer(_text_batches(tokenizer_sample(train, config)), config)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_tokenizer(tokenizer, tmp)
@@ -521,12 +597,32 @@ def build_tokenizer(train: datasets.Dataset, config: TokenizerConfig, cache_dir:
 
 
 def tokenize_split(
-    ds: datasets.Dataset, tokenizer: Tokenizer, max_length: int, cache_file: Path
+    ds: datasets.Dataset, tokenizer: Tokenizer, max_length: int, cache_file: Path, num_proc: int = 1
 ) -> tuple[datasets.Dataset, bool]:
-    """Batched ``datasets.map`` tokenisation cached in ``cache_file``; returns (dataset, cache hit)."""
-    hit = cache_file.is_file()
+    """Batched ``datasets.map`` tokenisation cached in ``cache_file``; returns (dataset, cache hit).
+
+    With ``num_proc`` > 1, that many forked processes tokenise a shard each (cached as
+    ``<name>_0000i_of_0000n.arrow``), each with the tokenizer's own threads off: a tokenizer that
+    has used its thread pool before the fork would otherwise deadlock or warn.
+    """
+    num_proc = max(1, min(num_proc, len(ds)))
+    shards = [cache_file]
+    if num_proc > 1:
+        shards = [cache_file.with_name(f"{cache_file.stem}_{i:05d}_of_{num_proc:05d}.arrow") for i in range(num_proc)]
+    hit = all(path.is_file() for path in shards)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    return tokenize(ds, tokenizer, max_length, cache_file_name=str(cache_file), load_from_cache_file=True), hit
+    kwargs = {"cache_file_name": str(cache_file), "load_from_cache_file": True}
+    if num_proc == 1:
+        return tokenize(ds, tokenizer, max_length, **kwargs), hit
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by the forked processes
+    try:
+        return tokenize(ds, tokenizer, max_length, num_proc=num_proc, **kwargs), hit
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
 def tokenize(ds: datasets.Dataset, tokenizer: Tokenizer, max_length: int, **map_kwargs) -> datasets.Dataset:
@@ -588,7 +684,11 @@ def prepare_data(
         tokenized = {}
         for split, ds in splits.items():
             tokenized[split], stats[f"{split}_tokens_cache_hit"] = tokenize_split(
-                ds, tokenizer, config.max_length, cache_dir / "tokenized" / f"{tokens_key}-{split}.arrow"
+                ds,
+                tokenizer,
+                config.max_length,
+                cache_dir / "tokenized" / f"{tokens_key}-{split}.arrow",
+                config.num_proc,
             )
     stats["tokenize_seconds"] = round(time.perf_counter() - started - stats["load_seconds"], 2)
     return PreparedData(tokenized["train"], tokenized["validation"], tokenizer, label_map, stats)
@@ -605,12 +705,14 @@ class LengthGroupedBatchSampler:
 
     Each epoch: a seeded permutation; with ``group_by_length``, chunks of ``mega_batches`` global
     batches are sorted by length (as HF Trainer's ``group_by_length``), so each step holds similar
-    lengths; the steps are then shuffled, a shorter last one kept last. A step is dealt as ``accumulation`` rounds of
+    lengths; the steps are then shuffled, an uneven last one kept last. A step is dealt as ``accumulation`` rounds of
     ``num_shards`` batches, and accelerate's ``BatchSamplerShard`` deals batch i to process
     i % num_shards. The batch count is a multiple of ``num_shards`` with no empty batch, so every
     process gets the same number of batches and every example goes to exactly one process, once
     per epoch. The last, shorter step is spread evenly over as many rounds as it fills; a rest too
-    small to give each process one example joins the step before it.
+    small to give each process one example joins a full step, which then comes last.
+    ``step_examples`` tells the loop how many examples a batch's step has, so that every example
+    of a step weighs the same however the step is split.
 
     ``batch_size`` is None on purpose: it tells accelerate that batch sizes vary, so it does not
     try to complete short batches with examples from the start of the epoch.
@@ -655,6 +757,14 @@ class LengthGroupedBatchSampler:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def step_examples(self, micro_batch: int) -> int:
+        """The examples of the optimizer step that a process's ``micro_batch``-th batch of the
+        epoch belongs to (all processes, all its micro-batches)."""
+        rest = len(self.lengths) % self.global_batch
+        if not rest or micro_batch // self.accumulation < self.steps_per_epoch - 1:
+            return self.global_batch
+        return rest if self._last_rounds() else self.global_batch + rest  # the last step, kept last
+
     def __len__(self) -> int:
         full_steps = len(self.lengths) // self.global_batch
         return (full_steps * self.accumulation + self._last_rounds()) * self.num_shards
@@ -672,12 +782,12 @@ class LengthGroupedBatchSampler:
             ]
         full = len(order) // size * size
         steps = [order[i : i + size] for i in range(0, full, size)]
-        rest = order[full:]
-        if rest and not self._last_rounds():  # too few to give each process one: into the last full step
-            steps[-1], rest = steps[-1] + rest, []
+        last = order[full:]
+        if last and not self._last_rounds():  # too few to give each process one: into a full step
+            last = steps.pop() + last
         random.Random(self.seed + self.epoch).shuffle(steps)
-        if rest:  # last: accelerate ends an accumulation step early only at the end of the loader
-            steps.append(rest)
+        if last:  # last: accelerate ends an accumulation step early only at the end of the loader
+            steps.append(last)
         for step in steps:
             yield from self._deal(step)
 

@@ -27,9 +27,19 @@ class TokenizerConfig:
     vocab_size: int = field(default=20000, metadata={"help": "largest vocabulary, special tokens included"})
     min_frequency: int = field(default=2, metadata={"help": "drop tokens seen fewer times in training texts"})
     lowercase: bool = field(default=True, metadata={"help": "lowercase before tokenising"})
+    train_sample: int | None = field(
+        default=200_000,
+        metadata={
+            "help": "train on at most this many training texts, a seeded sample, so the time stays flat on big "
+            "corpora (null: all of them)"
+        },
+    )
+    sample_seed: int = field(default=0, metadata={"help": "seed of that sample"})
 
     def __post_init__(self) -> None:
         check_choice("tokenizer.model", self.model, TOKENIZER_MODELS)
+        if self.train_sample is not None:
+            check_range("tokenizer.train_sample", self.train_sample, 1)
         check_range("tokenizer.vocab_size", self.vocab_size, 3)
         check_range("tokenizer.min_frequency", self.min_frequency, 1)
 

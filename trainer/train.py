@@ -556,7 +556,11 @@ def fit(run: Run, preemption: Preemption) -> int:
             for batch in loader:
                 with accelerator.accumulate(model):
                     loss = training_loss(model, batch, accelerator, config.train.adversarial_epsilon)
-                    accelerator.backward(loss)
+                    # Every example of a step weighs the same, however the step is split into
+                    # batches (1.0 for a full step; the epoch's last step may be uneven or short).
+                    share = len(batch["lengths"]) * run.sampler.num_shards * run.sampler.accumulation
+                    weight = share / run.sampler.step_examples(state.batches_in_epoch)
+                    accelerator.backward(loss * weight if weight != 1 else loss)
                     grad_norm = None
                     if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
                         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)

@@ -152,7 +152,7 @@ export SLURM_CONF=$DIR/slurm.conf
 slurmctld -f "$SLURM_CONF" -i  # -i: ignore state from a previous start in DIR
 for node in "${NODES[@]}"; do slurmd -f "$SLURM_CONF" -N "$node"; done
 for _ in $(seq 300); do
-  idle=$(sinfo -h -N -o '%N %t' 2>/dev/null | awk '$2 == "idle"' | wc -l)
+  idle=$( (sinfo -h -N -o '%N %t' 2>/dev/null || true) | awk '$2 == "idle"' | wc -l)  # slurmctld may not answer yet
   [ "$idle" -ge 2 ] && break
   sleep 0.1
 done

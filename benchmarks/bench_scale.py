@@ -1,0 +1,260 @@
+"""How each stage's cost grows with the corpus: 25k, 250k and 2.5M reviews.
+
+The corpora are Amazon-polarity-like: a ``title`` and a ``content`` column, reviews of 10 to 250
+words (one to three of the built-in generator's reviews of the same label, cut at 250 words),
+written once under ``--cache`` as parquet shards of at most 250,000 rows and as one CSV. Each
+stage runs in a fresh process:
+
+- file load (parquet shards, and the CSV) with the cleaning up to tokenisation;
+- tokenizer training (the ``imdb`` preset's WordPiece, on its ``tokenizer.train_sample``);
+- tokenisation (seconds, MB/s) with the tokenizer on 1 thread, on all cores, and in
+  ``data.num_proc`` processes;
+- the whole preparation's peak RSS and the cache's size on disk;
+- a cached restart of ``python -m trainer`` until it reports its run folder (setup done; the next
+  thing is the first step), the sampler's and loaders' start-up until the first batch;
+- steady training (``imdb`` preset, no accumulation) in steps/s on 1 and on 2 processes.
+
+    python benchmarks/bench_scale.py [--quick] [--sizes 25000,250000,2500000] [--cache DIR]
+
+``--quick`` stops at 250k. The last line printed is one JSON object: per size, every stage; and
+``growth``, each stage's time per review (per step for training) at the largest size over the
+smallest, with ``peak_rss_mb`` per size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARD_ROWS = 250_000
+TEXT = "--data.text_column=title,content"
+
+
+def build_corpus(size: int, root: Path) -> Path:
+    """``root/<size>/`` with ``shards/*.parquet`` and ``all.csv``; written once."""
+    import datasets
+
+    from trainer.corpus import CorpusConfig, generate_corpus
+
+    folder = root / str(size)
+    if (folder / "done").is_file():
+        return folder
+    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    base = generate_corpus(CorpusConfig(num_examples=min(size, 200_000), seed=size))
+    by_label = {0: [], 1: []}
+    for text, label in zip(base["text"], base["label"], strict=True):
+        by_label[label].append(text)
+    rng = random.Random(size)
+    for start in range(0, size, SHARD_ROWS):
+        titles, contents, labels = [], [], []
+        for _ in range(min(SHARD_ROWS, size - start)):
+            label = rng.randrange(2)
+            parts = 1 + (rng.random() < 0.5) + (rng.random() < 0.25)
+            words = " ".join(rng.choice(by_label[label]) for _ in range(parts)).split()[:250]
+            titles.append(" ".join(words[: rng.randint(2, 8)]) if rng.random() < 0.95 else "")
+            contents.append(" ".join(words))
+            labels.append(label)
+        shard = datasets.Dataset.from_dict({"title": titles, "content": contents, "label": labels})
+        shard.to_parquet(str(folder / "shards" / f"train-{start // SHARD_ROWS:05d}.parquet"))
+        shard.to_csv(str(folder / "all.csv"), mode="a" if start else "w", header=start == 0, index=False)
+    (folder / "done").write_text("")
+    return folder
+
+
+def config_for(files: str, cache: str, extra: list[str] = ()):
+    from trainer.config import load_config
+
+    return load_config("imdb", [f"--data.train_files={files}", f"--data.cache_dir={cache}", TEXT, *extra])
+
+
+def peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, children) / 1024, 1)
+
+
+def stage_load(files: str, cache: str) -> dict:
+    from trainer.data import clean_splits, load_raw_splits
+
+    config = config_for(files, cache).data
+    started = time.perf_counter()
+    splits, _, _ = clean_splits(load_raw_splits(config), config)
+    seconds = time.perf_counter() - started
+    rows = len(splits["train"]) + len(splits["validation"])
+    return {"seconds": seconds, "rows": rows, "peak_rss_mb": peak_rss_mb()}
+
+
+def stage_tokenizer(files: str, cache: str) -> dict:
+    from trainer.data import build_tokenizer, clean_splits, load_raw_splits
+
+    config = config_for(files, cache)
+    splits, _, _ = clean_splits(load_raw_splits(config.data), config.data)
+    started = time.perf_counter()
+    _, source = build_tokenizer(splits["train"], config.tokenizer, Path(tempfile.mkdtemp()), "bench")
+    assert source == "trained"
+    return {"seconds": time.perf_counter() - started, "sample": config.tokenizer.train_sample}
+
+
+def stage_tokenize(files: str, cache: str, num_proc: str) -> dict:
+    """Tokenisation alone (the tokenizer cached by a first call), into a fresh cache file."""
+    from trainer.data import build_tokenizer, clean_splits, load_raw_splits, tokenize_split
+
+    config = config_for(files, cache)
+    splits, _, _ = clean_splits(load_raw_splits(config.data), config.data)
+    tokenizer, _ = build_tokenizer(splits["train"], config.tokenizer, Path(cache), "bench")
+    ds = splits["train"]
+    megabytes = sum(
+        len(t.encode()) for batch in ds.with_format("arrow").iter(100_000) for t in batch["text"].to_pylist()
+    )
+    out = Path(tempfile.mkdtemp(dir=cache)) / "tokens.arrow"
+    started = time.perf_counter()
+    tokenize_split(ds, tokenizer, config.data.max_length, out, int(num_proc))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "mb": megabytes / 1e6, "mb_per_s": megabytes / 1e6 / seconds}
+
+
+def stage_prepare(files: str, cache: str) -> dict:
+    """The whole preparation, cold: its peak RSS, and the cache it leaves."""
+    from trainer.data import prepare_data
+
+    config = config_for(files, cache)
+    started = time.perf_counter()
+    data = prepare_data(config.data, config.tokenizer)
+    seconds = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in Path(cache).rglob("*") if p.is_file())
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "cache_mb": size / 1e6, "rows": len(data.train)}
+
+
+def stage_loaders(files: str, cache: str) -> dict:
+    """From prepared (cached) data to the first training batch: sampler, loaders, first batch."""
+    from trainer.data import build_dataloaders, prepare_data
+
+    config = config_for(files, cache)
+    data = prepare_data(config.data, config.tokenizer)
+    assert data.stats["train_tokens_cache_hit"]
+    started = time.perf_counter()
+    train, _ = build_dataloaders(data, config.data, config.train.batch_size, 2 * config.train.batch_size)
+    next(iter(train))
+    return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
+
+
+def fresh(function: str, *args: str, env: dict | None = None) -> dict:
+    """``function(*args)`` of this module in a fresh process."""
+    code = f"import json, sys, bench_scale as b; print(json.dumps(b.{function}(*sys.argv[1:])))"
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    command = [sys.executable, "-c", code, *args]
+    result = subprocess.run(command, env=full_env, capture_output=True, text=True, cwd=Path(__file__).parent)
+    if result.returncode != 0:
+        sys.exit(f"{function} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def trainer_run(files: str, cache: str, processes: int, steps: int) -> dict:
+    """A cached start of ``python -m trainer`` (seconds to its run-folder line) and its steady steps/s."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(2 // processes)}
+    launcher = [sys.executable]
+    if processes > 1:
+        config = str(REPO / "accelerate_configs" / "cpu_multi.yaml")
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
+        launcher += ["--num_processes", str(processes)]
+    with tempfile.TemporaryDirectory() as out:
+        command = [*launcher, "-m", "trainer", "--config", "imdb", f"--data.train_files={files}", TEXT]
+        command += [f"--data.cache_dir={cache}", f"--train.output_dir={out}/run", f"--train.max_steps={steps}"]
+        command += ["--train.log_every_steps=10", "--logging.tracker=none", "--logging.plots=false"]
+        command += ["--checkpoint.save_final=false", "--checkpoint.save_best=false", "--data.max_eval_examples=256"]
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready = None
+        for line in proc.stdout:
+            if line.startswith("run folder") and ready is None:
+                ready = time.perf_counter() - started
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            sys.exit(f"trainer failed:\n{err[-3000:]}")
+        records = [json.loads(line) for line in (Path(out) / "run" / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["train/examples_per_s"] for r in records if "train/examples_per_s" in r][1:]  # past warm-up
+    global_batch = 64 * processes  # the imdb preset's batch size per process
+    return {"start_s": ready, "steps_per_s": sum(rates) / len(rates) / global_batch}
+
+
+def measure(size: int, root: Path) -> dict:
+    folder = build_corpus(size, root)
+    shards, csv = str(folder / "shards"), str(folder / "all.csv")
+    result: dict = {"reviews": size}
+    with tempfile.TemporaryDirectory() as cache:
+        result["load_parquet"] = fresh("stage_load", shards, cache)
+    with tempfile.TemporaryDirectory() as cache:
+        result["load_csv"] = fresh("stage_load", csv, cache)
+    with tempfile.TemporaryDirectory() as cache:
+        result["tokenizer_training"] = fresh("stage_tokenizer", shards, cache)
+    all_cores = str(len(os.sched_getaffinity(0)))
+    with tempfile.TemporaryDirectory() as cache:
+        result["tokenize_1_thread"] = fresh("stage_tokenize", shards, cache, "1", env={"RAYON_NUM_THREADS": "1"})
+        result["tokenize_all_cores"] = fresh("stage_tokenize", shards, cache, "1")
+        result["tokenize_num_proc"] = fresh("stage_tokenize", shards, cache, all_cores)
+    with tempfile.TemporaryDirectory() as cache:
+        result["prepare"] = fresh("stage_prepare", shards, cache)
+        result["loaders"] = fresh("stage_loaders", shards, cache)
+        for processes in (1, 2):
+            result[f"train_{processes}_process"] = trainer_run(shards, cache, processes, steps=60)
+    return result
+
+
+def growth(small: dict, large: dict) -> dict:
+    """Time per review at the large size over the small one (per step for training)."""
+    ratios = {}
+    stages = ["load_parquet", "load_csv", "tokenizer_training", "tokenize_1_thread", "tokenize_all_cores"]
+    for stage in [*stages, "tokenize_num_proc", "prepare", "loaders"]:
+        ratios[stage] = (large[stage]["seconds"] / large["reviews"]) / (small[stage]["seconds"] / small["reviews"])
+    ratios["cached_start"] = large["train_1_process"]["start_s"] / small["train_1_process"]["start_s"]
+    for processes in (1, 2):
+        key = f"train_{processes}_process"
+        ratios[f"train_step_{processes}_process"] = small[key]["steps_per_s"] / large[key]["steps_per_s"]
+    return {k: round(v, 2) for k, v in ratios.items()}
+
+
+def rounded(tree):
+    if isinstance(tree, dict):
+        return {k: rounded(v) for k, v in tree.items()}
+    return round(tree, 3) if isinstance(tree, float) else tree
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="stop at 250k reviews")
+    parser.add_argument("--sizes", default="25000,250000,2500000")
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "sentiment-trainer" / "bench_scale"))
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from trainer.hardware import describe_cpu
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.quick:
+        sizes = [s for s in sizes if s <= 250_000]
+    print(f"CPU: {describe_cpu()}", flush=True)
+    started = time.perf_counter()
+    results = {}
+    for size in sizes:
+        results[size] = rounded(measure(size, Path(args.cache)))
+        print(json.dumps(results[size]), flush=True)
+    small, large = results[sizes[0]], results[sizes[-1]]
+    return {
+        "cpu": describe_cpu(),
+        "sizes": results,
+        "growth": growth(small, large),
+        "peak_rss_mb": {size: r["prepare"]["peak_rss_mb"] for size, r in results.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))
