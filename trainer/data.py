@@ -538,8 +538,22 @@ def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) ->
         if cap is not None and cap < len(splits[split]):
             splits[split] = splits[split].shuffle(seed=config.split_seed).select(range(cap))
     stats.update({f"{split}_examples": len(ds) for split, ds in splits.items()})
-    stats["validation_rows_in_train"] = shared_texts(splits["train"], splits["validation"])
     return splits, label_map, stats
+
+
+def cached_overlap(splits: dict, path: Path) -> int:
+    """``shared_texts`` of the splits, kept in ``path`` (keyed by the data): a restart on millions of
+    reviews would otherwise spend seconds on it."""
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["validation_rows_in_train"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    count = shared_texts(splits["train"], splits["validation"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"validation_rows_in_train": count}) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return count
 
 
 def shared_texts(train: datasets.Dataset, validation: datasets.Dataset, batch_size: int = 100_000) -> int:
@@ -671,6 +685,7 @@ def prepare_data(
             identity["fingerprint"] = raw["train"]._fingerprint
         data_key = _digest(identity)
         splits, label_map, stats = clean_splits(raw, config)
+        stats["validation_rows_in_train"] = cached_overlap(splits, cache_dir / "overlap" / f"{data_key}.json")
         if co.is_main:
             tokenizer, stats["tokenizer_source"] = build_tokenizer(
                 splits["train"], tokenizer_config, cache_dir, data_key
