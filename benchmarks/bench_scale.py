@@ -184,10 +184,12 @@ def stage_loaders(files: str, cache: str) -> dict:
     return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
 
 
-def fresh(function: str, *args: str, env: dict | None = None) -> dict:
-    """``function(*args)`` of this module in a fresh process."""
+def fresh(function: str, files: str, cache: str, *args: str, env: dict | None = None) -> dict:
+    """``function(files, cache, *args)`` of this module in a fresh process, with the datasets
+    library's own cache in ``cache`` too (a fresh ``cache`` is a cold start)."""
     code = f"import json, sys, bench_scale as b; print(json.dumps(b.{function}(*sys.argv[1:])))"
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_CACHE": f"{cache}/hf", **(env or {})}
+    args = (files, cache, *args)
     command = [sys.executable, "-c", code, *args]
     result = subprocess.run(command, env=full_env, capture_output=True, text=True, cwd=Path(__file__).parent)
     if result.returncode != 0:
@@ -198,6 +200,7 @@ def fresh(function: str, *args: str, env: dict | None = None) -> dict:
 def trainer_run(files: str, cache: str, processes: int, steps: int) -> dict:
     """A cached start of ``python -m trainer`` (seconds to its run-folder line) and its steady steps/s."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(2 // processes)}
+    env["HF_DATASETS_CACHE"] = f"{cache}/hf"
     launcher = [sys.executable]
     if processes > 1:
         config = str(REPO / "accelerate_configs" / "cpu_multi.yaml")
