@@ -127,7 +127,10 @@ def data_cases(tmp_path) -> dict[str, tuple[list[str], str]]:
             [write_csv(tmp_path / "e.csv", [(t, "") for t, _ in rows])],
             "60 of 60 rows have an empty label (column 'label')",
         ),
-        "folder-for-a-file": ([folder], "is a folder, not a data file"),
+        "folder-without-data-files": (
+            [folder],
+            "holds no csv, tsv, json, jsonl or parquet file; check --data.train_files",
+        ),
         "latin-1-csv": ([latin1], "is not valid UTF-8 text"),
     }
 
@@ -142,7 +145,7 @@ def data_cases(tmp_path) -> dict[str, tuple[list[str], str]]:
         "numeric-text-column",
         "list-text-column",
         "empty-label-column",
-        "folder-for-a-file",
+        "folder-without-data-files",
         "latin-1-csv",
     ],
 )

@@ -244,7 +244,8 @@ def config_reference() -> str:
             if dataclasses.is_dataclass(value):
                 walk(type(value), f"{prefix}{f.name}.")
             else:
-                default = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
+                plain = isinstance(value, str) and value.isprintable() and value.strip() == value and value
+                default = value if plain else json.dumps(value, separators=(",", ":"))  # "\n" as YAML reads it
                 lines.append(f"  --{prefix}{f.name}={default}".ljust(44) + f" {f.metadata.get('help', '')}")
 
     for f in dataclasses.fields(Config):
