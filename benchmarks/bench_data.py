@@ -101,11 +101,18 @@ def trainer_start(data_path: str, cache: str, env: dict) -> float:
                    "--logging.tracker=none"]  # fmt: skip
         started = time.perf_counter()
         proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        ready = None
-        for line in proc.stdout:
-            if line.startswith("run folder") and ready is None:
-                ready = time.perf_counter() - started
+        ready = seconds_to_run_folder(proc, started)
         proc.wait()
+    return ready
+
+
+def seconds_to_run_folder(proc: subprocess.Popen, started: float) -> float | None:
+    """Seconds from ``started`` until the trainer ``proc`` printed its run-folder line (the end of
+    its set-up); reads its output to the end."""
+    ready = None
+    for line in proc.stdout:
+        if line.startswith("run folder") and ready is None:
+            ready = time.perf_counter() - started
     return ready
 
 

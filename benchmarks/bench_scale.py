@@ -35,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench_data import seconds_to_run_folder
+
 REPO = Path(__file__).resolve().parents[1]
 SHARD_ROWS = 250_000
 # Two columns joined; validation capped (a 10% carve of 2.5M reviews would take minutes per evaluation).
@@ -213,10 +215,7 @@ def trainer_run(files: str, cache: str, processes: int, steps: int) -> dict:
         command += ["--checkpoint.save_final=false", "--checkpoint.save_best=false"]
         started = time.perf_counter()
         proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        ready = None
-        for line in proc.stdout:
-            if line.startswith("run folder") and ready is None:
-                ready = time.perf_counter() - started
+        ready = seconds_to_run_folder(proc, started)
         _, err = proc.communicate()
         if proc.returncode != 0:
             sys.exit(f"trainer failed:\n{err[-3000:]}")
