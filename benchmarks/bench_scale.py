@@ -28,6 +28,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,7 @@ TEXT = "--data.text_column=title,content"
 EVAL = "--data.max_eval_examples=2000"
 
 
-def build_corpus(size: int, root: Path) -> Path:
+def build_corpus(size: int, root: Path, shard_rows: int = SHARD_ROWS) -> Path:
     """``root/<size>/`` with ``shards/*.parquet`` and ``all.csv``; written once."""
     import datasets
 
@@ -53,15 +54,17 @@ def build_corpus(size: int, root: Path) -> Path:
     folder = root / str(size)
     if (folder / "done").is_file():
         return folder
-    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # a corpus left half-written
+    (folder / "shards").mkdir(parents=True)
     base = generate_corpus(CorpusConfig(num_examples=min(size, 200_000), seed=size))
     by_label = {0: [], 1: []}
     for text, label in zip(base["text"], base["label"], strict=True):
         by_label[label].append(text)
     rng = random.Random(size)
-    for start in range(0, size, SHARD_ROWS):
+    csv = (folder / "all.csv").open("wb")  # the shards one after the other, one header
+    for start in range(0, size, shard_rows):
         titles, contents, labels = [], [], []
-        for _ in range(min(SHARD_ROWS, size - start)):
+        for _ in range(min(shard_rows, size - start)):
             label = rng.randrange(2)
             parts = 1 + (rng.random() < 0.5) + (rng.random() < 0.25)
             words = " ".join(rng.choice(by_label[label]) for _ in range(parts)).split()[:250]
@@ -69,8 +72,9 @@ def build_corpus(size: int, root: Path) -> Path:
             contents.append(" ".join(words))
             labels.append(label)
         shard = datasets.Dataset.from_dict({"title": titles, "content": contents, "label": labels})
-        shard.to_parquet(str(folder / "shards" / f"train-{start // SHARD_ROWS:05d}.parquet"))
-        shard.to_csv(str(folder / "all.csv"), mode="a" if start else "w", header=start == 0, index=False)
+        shard.to_parquet(str(folder / "shards" / f"train-{start // shard_rows:05d}.parquet"))
+        shard.to_csv(csv, header=start == 0, index=False)
+    csv.close()
     (folder / "done").write_text("")
     return folder
 
@@ -225,8 +229,8 @@ def trainer_run(files: str, cache: str, processes: int, steps: int) -> dict:
     return {"start_s": ready, "steps_per_s": sum(rates) / len(rates) / global_batch}
 
 
-def measure(size: int, root: Path) -> dict:
-    folder = build_corpus(size, root)
+def measure(size: int, root: Path, shard_rows: int = SHARD_ROWS) -> dict:
+    folder = build_corpus(size, root, shard_rows)
     shards, csv = str(folder / "shards"), str(folder / "all.csv")
     result: dict = {"reviews": size}
     with tempfile.TemporaryDirectory() as cache:
@@ -272,6 +276,7 @@ def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="stop at 250k reviews")
     parser.add_argument("--sizes", default="25000,250000,2500000")
+    parser.add_argument("--shard-rows", type=int, default=SHARD_ROWS, help="rows per parquet shard")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "sentiment-trainer" / "bench_scale"))
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -284,7 +289,7 @@ def main() -> dict:
     started = time.perf_counter()
     results = {}
     for size in sizes:
-        results[size] = rounded(measure(size, Path(args.cache)))
+        results[size] = rounded(measure(size, Path(args.cache), args.shard_rows))
         print(json.dumps(results[size]), flush=True)
     small, large = results[sizes[0]], results[sizes[-1]]
     return {
