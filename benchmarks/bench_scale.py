@@ -12,7 +12,9 @@ stage runs in a fresh process:
 - the whole preparation's peak RSS and the cache's size on disk;
 - a cached restart of ``python -m trainer`` until it reports its run folder (setup done; the next
   thing is the first step), the sampler's and loaders' start-up until the first batch;
-- steady training (``imdb`` preset, no accumulation) in steps/s on 1 and on 2 processes.
+- steady training (``imdb`` preset, no accumulation) in steps/s on 1 and on 2 processes;
+- a cold start on 2 processes (the main one prepares, the other memory-maps its cache), with each
+  process's peak RSS and anonymous memory.
 
     python benchmarks/bench_scale.py [--quick] [--sizes 25000,250000,2500000] [--cache DIR]
 
@@ -117,6 +119,55 @@ class AnonymousPeak:
         return round(self.peak_kb / 1024, 1)
 
 
+class TreePeak:
+    """Per process of the tree under ``pid`` (a launcher and its workers), the peak RSS (the
+    kernel's VmHWM) and the peak anonymous memory (RssAnon), sampled every 100 ms by a thread; each
+    process is named by its ``RANK`` (the launcher has none)."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = pid
+        self.peaks: dict[int, dict] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> list[int]:
+        pids, todo = [], [self.root]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                try:
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+                except OSError:
+                    pass
+        return pids
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            for pid in self._tree():
+                try:
+                    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+                    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                except OSError:  # it has ended
+                    continue
+                if "VmHWM" not in status:  # a zombie
+                    continue
+                rank = next((e[5:].decode() for e in environ if e.startswith(b"RANK=")), "launcher")
+                peak = self.peaks.setdefault(pid, {"rank": rank, "peak_rss_mb": 0.0, "peak_anonymous_mb": 0.0})
+                for key, field in (("peak_rss_mb", "VmHWM"), ("peak_anonymous_mb", "RssAnon")):
+                    peak[key] = max(peak[key], int(status[field].split()[0]) / 1024)
+            self._stop.wait(0.1)
+
+    def stop(self) -> list[dict]:
+        """The python processes' peaks, largest RSS first (the datasets library's forked workers
+        included where there are some)."""
+        self._stop.set()
+        self._thread.join()
+        found = [{k: round(v, 1) if isinstance(v, float) else v for k, v in p.items()} for p in self.peaks.values()]
+        return sorted(found, key=lambda p: -p["peak_rss_mb"])
+
+
 def stage_load(files: str, cache: str) -> dict:
     from trainer.data import clean_splits, load_raw_splits
 
@@ -218,15 +269,19 @@ def trainer_run(files: str, cache: str, processes: int, steps: int) -> dict:
         command += ["--train.log_every_steps=10", "--logging.tracker=none", "--logging.plots=false"]
         command += ["--checkpoint.save_final=false", "--checkpoint.save_best=false"]
         started = time.perf_counter()
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        ready = seconds_to_run_folder(proc, started)
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            sys.exit(f"trainer failed:\n{err[-3000:]}")
+        with open(f"{out}/stderr", "w+") as err:  # a file: a pipe nobody reads can fill and stop the trainer
+            proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+            peaks = TreePeak(proc.pid)
+            ready = seconds_to_run_folder(proc, started)
+            proc.wait()
+            processes_peaks = peaks.stop()
+            if proc.returncode != 0:
+                err.seek(0)
+                sys.exit(f"trainer failed:\n{err.read()[-3000:]}")
         records = [json.loads(line) for line in (Path(out) / "run" / "metrics.jsonl").read_text().splitlines()]
     rates = [r["train/examples_per_s"] for r in records if "train/examples_per_s" in r][1:]  # past warm-up
     global_batch = 64 * processes  # the imdb preset's batch size per process
-    return {"start_s": ready, "steps_per_s": sum(rates) / len(rates) / global_batch}
+    return {"start_s": ready, "steps_per_s": sum(rates) / len(rates) / global_batch, "processes": processes_peaks}
 
 
 def measure(size: int, root: Path, shard_rows: int = SHARD_ROWS) -> dict:
@@ -244,6 +299,8 @@ def measure(size: int, root: Path, shard_rows: int = SHARD_ROWS) -> dict:
         result["tokenize_1_thread"] = fresh("stage_tokenize", shards, cache, "1", env={"RAYON_NUM_THREADS": "1"})
         result["tokenize_all_cores"] = fresh("stage_tokenize", shards, cache, "1")
         result["tokenize_num_proc"] = fresh("stage_tokenize", shards, cache, all_cores)
+    with tempfile.TemporaryDirectory() as cache:  # cold, on 2 processes: the main one prepares, the other maps
+        result["train_2_process_cold"] = trainer_run(shards, cache, 2, steps=30)
     with tempfile.TemporaryDirectory() as cache:
         result["prepare"] = fresh("stage_prepare", shards, cache)
         result["cached_prepare"] = fresh("stage_prepare", shards, cache)
@@ -259,7 +316,13 @@ def growth(small: dict, large: dict) -> dict:
     stages = ["load_parquet", "load_csv", "tokenizer_training", "tokenize_1_thread", "tokenize_all_cores"]
     for stage in [*stages, "tokenize_num_proc", "prepare", "cached_prepare", "loaders"]:
         ratios[stage] = (large[stage]["seconds"] / large["reviews"]) / (small[stage]["seconds"] / small["reviews"])
-    ratios["cached_start"] = large["train_1_process"]["start_s"] / small["train_1_process"]["start_s"]
+    for processes in (1, 2):  # absolute: a cached start should not grow at all
+        key = f"train_{processes}_process"
+        ratios[f"cached_start_{processes}_process"] = large[key]["start_s"] / small[key]["start_s"]
+    cold = "train_2_process_cold"
+    ratios["cold_start_2_process"] = (large[cold]["start_s"] / large["reviews"]) / (
+        small[cold]["start_s"] / small["reviews"]
+    )
     for processes in (1, 2):
         key = f"train_{processes}_process"
         ratios[f"train_step_{processes}_process"] = small[key]["steps_per_s"] / large[key]["steps_per_s"]
@@ -298,6 +361,7 @@ def main() -> dict:
         "growth": growth(small, large),
         "peak_rss_mb": {size: r["prepare"]["peak_rss_mb"] for size, r in results.items()},
         "peak_anonymous_mb": {size: r["prepare"]["peak_anonymous_mb"] for size, r in results.items()},
+        "cold_2_process_peaks": {size: r["train_2_process_cold"]["processes"] for size, r in results.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }
 

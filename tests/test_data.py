@@ -1,5 +1,6 @@
 import gzip
 import json
+import os
 from collections import Counter
 
 import datasets
@@ -18,6 +19,8 @@ from trainer.data import (
     clean_splits,
     load_raw_splits,
     prepare_data,
+    tokenize_processes,
+    tokenize_split,
     tokenizer_sample,
 )
 from trainer.errors import UserError
@@ -353,3 +356,24 @@ def test_each_batch_knows_the_examples_of_its_step(n, split):
         step = micro_batch // accumulation
         in_step = range(step * accumulation, min((step + 1) * accumulation, len(per_rank[0])))
         assert sampler.step_examples(micro_batch) == sum(len(r[k]) for r in per_rank for k in in_step)
+
+
+def test_tokenising_in_processes_gives_the_same_ids_and_any_complete_cache_is_read(tmp_path):
+    texts = [f"review {i} was {'good' if i % 3 else 'bad'} " * (1 + i % 9) for i in range(3000)]
+    ds = datasets.Dataset.from_dict({"text": texts})
+    tokenizer, _ = build_tokenizer(ds, TokenizerConfig(model="wordlevel", min_frequency=1), tmp_path, "key")
+    alone, hit = tokenize_split(ds, tokenizer, 12, tmp_path / "one" / "train.arrow", num_proc=1)
+    assert not hit
+    split, hit = tokenize_split(ds, tokenizer, 12, tmp_path / "three" / "train.arrow", num_proc=3)
+    assert not hit and sorted(p.name for p in (tmp_path / "three").iterdir()) == [
+        f"train_0000{i}_of_00003.arrow" for i in range(3)
+    ]
+    assert split["input_ids"] == alone["input_ids"] and split["truncated"] == alone["truncated"]
+    again, hit = tokenize_split(ds, tokenizer, 12, tmp_path / "three" / "train.arrow", num_proc=None)
+    assert hit and again["input_ids"] == alone["input_ids"], "written by 3 processes, read by a machine choosing 1"
+    (tmp_path / "three" / "train_00001_of_00003.arrow").unlink()  # an incomplete set is no cache
+    _, hit = tokenize_split(ds, tokenizer, 12, tmp_path / "three" / "train.arrow", num_proc=1)
+    assert not hit
+    cores = len(os.sched_getaffinity(0))
+    assert tokenize_processes(9_999, None) == 1 and tokenize_processes(10**7, None) == cores
+    assert tokenize_processes(3, 8) == 3 and tokenize_processes(10**7, 1) == 1
