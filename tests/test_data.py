@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import json
 import os
 from collections import Counter
@@ -271,13 +272,13 @@ def test_length_buckets_bound_the_padding_and_the_number_of_shapes():
     assert [padded_width(n) for n in (1, 5, 300)] == [1, 5, 300]  # off: the longest row
 
 
-def write_shards(folder, rows: list[tuple[str, int]], shards: int, columns=("text", "label")) -> list:
+def write_shards(folder, rows: list[tuple[str, int]], shards: int, columns=("text", "label"), split="train") -> list:
     """``rows`` cut into ``shards`` parquet files, as the Hub ships big datasets."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for k in range(shards):
         part = rows[k::shards]
-        path = folder / f"train-{k:05d}-of-{shards:05d}.parquet"
+        path = folder / f"{split}-{k:05d}-of-{shards:05d}.parquet"
         datasets.Dataset.from_dict({c: [r[i] for r in part] for i, c in enumerate(columns)}).to_parquet(str(path))
         paths.append(path)
     return paths
@@ -302,6 +303,51 @@ def test_globs_and_folders_of_shards_load_every_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"folder .*/empty holds no csv, tsv, json, jsonl or parquet file"):
         prepare(tmp_path, train_files=[str(tmp_path / "empty")])
+
+
+def hub_cache_snapshot(root, splits: dict[str, tuple[list, int]], columns=("text", "label")):
+    """A dataset as the Hub's cache holds it: ``datasets--org--name/snapshots/<sha>/data/<split>-*``,
+    each a symbolic link to a blob named by its hash, and ``refs/main``."""
+    repo = root / "datasets--someone--reviews"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(sha)
+    data = repo / "snapshots" / sha / "data"
+    (repo / "blobs").mkdir()
+    for split, (rows, shards) in splits.items():
+        for path in write_shards(data, rows, shards, columns, split):
+            blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+            path.rename(blob)
+            path.symlink_to(os.path.relpath(blob, path.parent))
+    (repo / "snapshots" / sha / "README.md").write_text("---\nlicense: mit\n---\n")
+    return repo / "snapshots" / sha
+
+
+def test_a_hub_snapshot_folder_reads_its_splits_as_the_hub_does(tmp_path):
+    train, validation, test = review_rows(200), review_rows(40, seed=1), review_rows(50, seed=2)
+    splits = {"train": (train, 3), "validation": (validation, 1), "test": (test, 2)}
+    snapshot = hub_cache_snapshot(tmp_path / "hub", splits)
+    data = prepare(tmp_path, train_files=[str(snapshot)])
+    assert data.stats["train_examples"] == 200 and data.stats["validation_examples"] == 40, "test left out"
+    by_glob = prepare(tmp_path, train_files=[str(snapshot / "data" / "train-*.parquet")], validation_fraction=0.1)
+    assert by_glob.stats["train_examples"] + by_glob.stats["validation_examples"] == 200
+    carved = prepare(tmp_path, train_files=[str(snapshot)], validation_split=None, validation_fraction=0.1)
+    assert carved.stats["train_examples"] + carved.stats["validation_examples"] == 200
+    on_test = prepare(tmp_path, train_files=[str(snapshot)], validation_split="test")
+    assert on_test.stats["validation_examples"] == 50
+    given = prepare(tmp_path, train_files=[str(snapshot)], validation_files=[str(snapshot)])
+    assert given.stats["validation_examples"] == 40, "a folder as validation_files gives its validation split"
+    with pytest.raises(UserError, match=r"--data.train_files has no split 'dev' \(splits found: test, train"):
+        prepare(tmp_path, train_files=[str(snapshot)], validation_split="dev")
+    with pytest.raises(UserError, match=r"holds the splits train, validation, test \(by its file names\) but no 'all'"):
+        prepare(tmp_path, train_files=[str(snapshot)], train_split="all")
+    with pytest.raises(UserError, match=r"hf://datasets/x/y/train.parquet is not a local path; .* --data.name"):
+        prepare(tmp_path, train_files=["hf://datasets/x/y/train.parquet"])
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    write_csv(plain / "part-1.csv", review_rows(30))  # names that say no split: every file is train
+    write_csv(plain / "part-2.csv", review_rows(30, seed=3))
+    assert prepare(tmp_path, train_files=[str(plain)], validation_split="validation").stats["validation_examples"] == 6
 
 
 def test_several_text_columns_are_joined_and_a_missing_one_is_named(tmp_path):

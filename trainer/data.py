@@ -66,10 +66,16 @@ class DataConfig:
     validation_files: list[str] | None = field(
         default=None, metadata={"help": "local validation files, globs or folders"}
     )
-    train_split: str = field(default="train", metadata={"help": "Hub split to train on"})
+    train_split: str = field(
+        default="train",
+        metadata={"help": "split to train on: of the Hub dataset, or of a train_files folder whose file names say splits"},
+    )
     validation_split: str | None = field(
         default="auto",
-        metadata={"help": "Hub split to validate on; auto: 'validation' if there is one; null: carve from train"},
+        metadata={
+            "help": "split to validate on (Hub dataset or train_files folder); auto: 'validation' if there is one; "
+            "null: carve from train"
+        },
     )
     text_column: str = field(
         default="text",
@@ -188,24 +194,84 @@ def _file_format(path: str) -> str:
     return ext
 
 
-def expand_files(entries: list[str], option: str = "--data.train_files / --data.validation_files") -> list[str]:
+def folder_splits(folder: str) -> tuple[dict[str, list[str]], bool]:
+    """The data files in ``folder`` (any depth) by split, as the Hub reads a dataset repository,
+    and whether names said the splits: a split named in file or folder names
+    (``train-00000-of-00004.parquet``, ``data/validation/``), else all of them "train". Hidden
+    folders (a download's ``.cache``) are left out. So a Hub snapshot, downloaded or in the Hub's
+    cache, reads as ``load_dataset`` reads it online."""
+    from datasets.data_files import EmptyDatasetError, get_data_patterns, resolve_pattern
+
+    try:
+        patterns = get_data_patterns(folder)
+    except EmptyDatasetError:
+        return {}, False
+    splits = {}
+    for split, split_patterns in patterns.items():
+        found = set()
+        for pattern in split_patterns:
+            try:
+                found.update(path.removeprefix("file://") for path in resolve_pattern(pattern, folder))
+            except FileNotFoundError:
+                continue
+        if files := sorted(path for path in found if _extension(path) in FORMATS):
+            splits[str(split)] = files
+    return splits, patterns != {"train": ["**"]}
+
+
+def expand_files(entries: list[str], option: str, split: str = "train") -> list[str]:
     """The data files that ``entries`` name: files as given, globs (``shards/*.parquet``, ``**`` too)
-    and folders expanded to the data files in them (any depth), each sorted by name."""
+    and folders, each sorted by name. A folder gives its data files of ``split`` where its names say
+    splits (``folder_splits``), else all of them."""
     files = []
     for entry in entries:
+        if "://" in entry:
+            raise UserError(
+                f"{entry} is not a local path; train on a Hub dataset with --data.name, or download it "
+                "(hf download --repo-type dataset NAME --local-dir DIR) and give the folder"
+            )
         if any(c in entry for c in "*?["):
             matched = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
             if not matched:
                 raise UserError(f"no file matches {entry!r}; check {option} (quote a glob so the shell leaves it)")
             files += matched
         elif os.path.isdir(entry):
-            found = sorted(str(p) for p in Path(entry).rglob("*") if p.is_file() and _extension(str(p)) in FORMATS)
-            if not found:
+            splits, named = folder_splits(entry)
+            if not splits:
                 raise UserError(f"folder {entry} holds no csv, tsv, json, jsonl or parquet file; check {option}")
-            files += found
+            if named and split not in splits:
+                raise UserError(
+                    f"folder {entry} holds the splits {', '.join(splits)} (by its file names) but no {split!r}; "
+                    f"give its files or a glob in {option}"
+                )
+            files += splits[split] if named else splits["train"]
         else:
             files.append(entry)
     return files
+
+
+def data_files(config: DataConfig) -> tuple[list[str], list[str]]:
+    """The local train and validation files. Without ``validation_files``, a train folder whose
+    names say splits gives its validation split (``validation_split``; auto: 'validation' where
+    there is one), as a Hub dataset does."""
+    train = expand_files(config.train_files, "--data.train_files", config.train_split)
+    if config.validation_files:
+        return train, expand_files(config.validation_files, "--data.validation_files", "validation")
+    if config.validation_split is None:
+        return train, []
+    split = "validation" if config.validation_split == "auto" else config.validation_split
+    validation, found = [], set()
+    for entry in config.train_files:
+        if os.path.isdir(entry):
+            splits, named = folder_splits(entry)
+            found.update(splits if named else ())
+            validation += splits.get(split, []) if named else []
+    if found and config.validation_split != "auto" and not validation:  # a plain file or folder: carved
+        raise UserError(
+            f"--data.train_files has no split {split!r} (splits found: {', '.join(sorted(found)) or 'none'}); "
+            "give --data.validation_files, or set --data.validation_split=null to carve one from train"
+        )
+    return train, validation
 
 
 def _file_identity(paths: list[str], option: str = "--data.train_files / --data.validation_files") -> list:
@@ -239,10 +305,8 @@ def source_identity(config: DataConfig) -> dict:
     )
     prep = {k: getattr(config, k) for k in (*keys, "max_eval_examples")}
     if config.source == "files":
-        files = {
-            "train": _file_identity(expand_files(config.train_files)),
-            "validation": _file_identity(expand_files(config.validation_files or [])),
-        }
+        train, validation = data_files(config)
+        files = {"train": _file_identity(train), "validation": _file_identity(validation)}
         return {"files": files, **prep}
     if config.source == "builtin":
         return {"builtin": corpus.CORPUS_VERSION, **asdict(config.builtin), **prep}
@@ -347,8 +411,11 @@ def load_raw_splits(config: DataConfig) -> dict[str, datasets.Dataset | None]:
     """The raw train and (possibly missing) validation splits, before any cleaning."""
     if config.source == "files":
         delimiter = config.csv_delimiter
-        validation = _load_files(expand_files(config.validation_files), delimiter) if config.validation_files else None
-        return {"train": _load_files(expand_files(config.train_files), delimiter), "validation": validation}
+        train, validation = data_files(config)
+        return {
+            "train": _load_files(train, delimiter),
+            "validation": _load_files(validation, delimiter) if validation else None,
+        }
     if config.source == "builtin":
         return {"train": datasets.Dataset.from_dict(corpus.generate_corpus(config.builtin)), "validation": None}
     splits = _load_hub(config)
