@@ -9,7 +9,8 @@ stage runs in a fresh process:
 - tokenizer training (the ``imdb`` preset's WordPiece, on its ``tokenizer.train_sample``);
 - tokenisation (seconds, MB/s) with the tokenizer on 1 thread, on all cores, and in
   ``data.num_proc`` processes;
-- the whole preparation's peak RSS and the cache's size on disk;
+- the whole preparation's peak memory (the largest process's peak RSS, and the summed PSS of it and
+  its forked tokenisers) and the cache's size on disk;
 - a cached restart of ``python -m trainer`` until it reports its run folder (setup done; the next
   thing is the first step), the sampler's and loaders' start-up until the first batch;
 - steady training (``imdb`` preset, no accumulation) in steps/s on 1 and on 2 processes;
@@ -17,6 +18,7 @@ stage runs in a fresh process:
   process's peak RSS and anonymous memory.
 
     python benchmarks/bench_scale.py [--quick] [--sizes 25000,250000,2500000] [--cache DIR]
+                                     [--stages load,tokenizer,tokenize,cold_start,prepare]
 
 ``--quick`` stops at 250k. The last line printed is one JSON object: per size, every stage; and
 ``growth``, each stage's time per review (per step for training) at the largest size over the
@@ -26,6 +28,7 @@ smallest, with ``peak_rss_mb`` per size.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -95,38 +98,21 @@ def peak_rss_mb() -> float:
     return round(max(own, children) / 1024, 1)
 
 
-class AnonymousPeak:
-    """The peak of this process's anonymous resident memory (RssAnon: what it allocated, not the
-    mapped files), sampled every 20 ms by a thread."""
-
-    def __init__(self) -> None:
-        self.peak_kb = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("RssAnon:"):
-                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
-            self._stop.wait(0.02)
-
-    def stop_mb(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return round(self.peak_kb / 1024, 1)
-
-
 class TreePeak:
-    """Per process of the tree under ``pid`` (a launcher and its workers), the peak RSS (the
-    kernel's VmHWM) and the peak anonymous memory (RssAnon), sampled every 100 ms by a thread; each
-    process is named by its ``RANK`` (the launcher has none)."""
+    """Memory of the process tree under ``pid`` (a launcher and its workers, or a preparation and the
+    datasets library's forked tokenisers), sampled every 100 ms by a thread:
+
+    - per process (named by its ``RANK``; "launcher" where it has none): the peak RSS (the
+      kernel's VmHWM, which counts the pages of memory-mapped Arrow files it has read: page cache,
+      given back on demand) and the peak anonymous memory (RssAnon: what it allocated);
+    - for the whole tree at once: the peak of the summed PSS (each shared page divided among the
+      processes that map it, so a fork's copy-on-write pages count once), and of its anonymous
+      part (Pss_Anon)."""
 
     def __init__(self, pid: int) -> None:
         self.root = pid
         self.peaks: dict[int, dict] = {}
+        self.total = {"peak_total_pss_mb": 0.0, "peak_total_anonymous_mb": 0.0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -137,35 +123,48 @@ class TreePeak:
             pid = todo.pop()
             pids.append(pid)
             for task in Path(f"/proc/{pid}/task").glob("*"):
-                try:
+                with contextlib.suppress(OSError):  # it has ended
                     todo += [int(c) for c in (task / "children").read_text().split()]
-                except OSError:
-                    pass
         return pids
+
+    @staticmethod
+    def _fields(path: str) -> dict[str, int]:
+        """kB figures of a /proc status-like file."""
+        fields = {}
+        for line in Path(path).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if value.strip().endswith("kB"):
+                fields[key] = int(value.split()[0])
+        return fields
 
     def _watch(self) -> None:
         while not self._stop.is_set():
+            pss = pss_anon = 0
             for pid in self._tree():
                 try:
-                    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+                    status = self._fields(f"/proc/{pid}/status")
+                    rollup = self._fields(f"/proc/{pid}/smaps_rollup")
                     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                 except OSError:  # it has ended
                     continue
                 if "VmHWM" not in status:  # a zombie
                     continue
+                pss, pss_anon = pss + rollup.get("Pss", 0), pss_anon + rollup.get("Pss_Anon", 0)
                 rank = next((e[5:].decode() for e in environ if e.startswith(b"RANK=")), "launcher")
                 peak = self.peaks.setdefault(pid, {"rank": rank, "peak_rss_mb": 0.0, "peak_anonymous_mb": 0.0})
                 for key, field in (("peak_rss_mb", "VmHWM"), ("peak_anonymous_mb", "RssAnon")):
-                    peak[key] = max(peak[key], int(status[field].split()[0]) / 1024)
+                    peak[key] = max(peak[key], status[field] / 1024)
+            self.total["peak_total_pss_mb"] = max(self.total["peak_total_pss_mb"], pss / 1024)
+            self.total["peak_total_anonymous_mb"] = max(self.total["peak_total_anonymous_mb"], pss_anon / 1024)
             self._stop.wait(0.1)
 
-    def stop(self) -> list[dict]:
-        """The python processes' peaks, largest RSS first (the datasets library's forked workers
-        included where there are some)."""
+    def stop(self) -> dict:
+        """The totals, and the processes' peaks, largest RSS first."""
         self._stop.set()
         self._thread.join()
         found = [{k: round(v, 1) if isinstance(v, float) else v for k, v in p.items()} for p in self.peaks.values()]
-        return sorted(found, key=lambda p: -p["peak_rss_mb"])
+        processes = sorted(found, key=lambda p: -p["peak_rss_mb"])
+        return {**{k: round(v, 1) for k, v in self.total.items()}, "processes": processes}
 
 
 def stage_load(files: str, cache: str) -> dict:
@@ -213,7 +212,7 @@ def stage_prepare(files: str, cache: str) -> dict:
     from trainer.data import prepare_data
 
     config = config_for(files, cache)
-    anonymous = AnonymousPeak()
+    memory = TreePeak(os.getpid())
     started = time.perf_counter()
     data = prepare_data(config.data, config.tokenizer)
     seconds = time.perf_counter() - started
@@ -221,7 +220,7 @@ def stage_prepare(files: str, cache: str) -> dict:
     return {
         "seconds": seconds,
         "peak_rss_mb": peak_rss_mb(),
-        "peak_anonymous_mb": anonymous.stop_mb(),
+        **memory.stop(),
         "cache_mb": size / 1e6,
         "rows": len(data.train),
         "cache_hit": data.stats["train_tokens_cache_hit"],
@@ -274,58 +273,70 @@ def trainer_run(files: str, cache: str, processes: int, steps: int) -> dict:
             peaks = TreePeak(proc.pid)
             ready = seconds_to_run_folder(proc, started)
             proc.wait()
-            processes_peaks = peaks.stop()
+            memory = peaks.stop()
             if proc.returncode != 0:
                 err.seek(0)
                 sys.exit(f"trainer failed:\n{err.read()[-3000:]}")
         records = [json.loads(line) for line in (Path(out) / "run" / "metrics.jsonl").read_text().splitlines()]
     rates = [r["train/examples_per_s"] for r in records if "train/examples_per_s" in r][1:]  # past warm-up
     global_batch = 64 * processes  # the imdb preset's batch size per process
-    return {"start_s": ready, "steps_per_s": sum(rates) / len(rates) / global_batch, "processes": processes_peaks}
+    return {"start_s": ready, "steps_per_s": sum(rates) / len(rates) / global_batch, **memory}
 
 
-def measure(size: int, root: Path, shard_rows: int = SHARD_ROWS) -> dict:
+STAGES = ("load", "tokenizer", "tokenize", "cold_start", "prepare")
+
+
+def measure(size: int, root: Path, shard_rows: int = SHARD_ROWS, stages=STAGES) -> dict:
     folder = build_corpus(size, root, shard_rows)
     shards, csv = str(folder / "shards"), str(folder / "all.csv")
     result: dict = {"reviews": size}
-    with tempfile.TemporaryDirectory() as cache:
-        result["load_parquet"] = fresh("stage_load", shards, cache)
-    with tempfile.TemporaryDirectory() as cache:
-        result["load_csv"] = fresh("stage_load", csv, cache)
-    with tempfile.TemporaryDirectory() as cache:
-        result["tokenizer_training"] = fresh("stage_tokenizer", shards, cache)
-    all_cores = str(len(os.sched_getaffinity(0)))
-    with tempfile.TemporaryDirectory() as cache:
-        result["tokenize_1_thread"] = fresh("stage_tokenize", shards, cache, "1", env={"RAYON_NUM_THREADS": "1"})
-        result["tokenize_all_cores"] = fresh("stage_tokenize", shards, cache, "1")
-        result["tokenize_num_proc"] = fresh("stage_tokenize", shards, cache, all_cores)
-    with tempfile.TemporaryDirectory() as cache:  # cold, on 2 processes: the main one prepares, the other maps
-        result["train_2_process_cold"] = trainer_run(shards, cache, 2, steps=30)
-    with tempfile.TemporaryDirectory() as cache:
-        result["prepare"] = fresh("stage_prepare", shards, cache)
-        result["cached_prepare"] = fresh("stage_prepare", shards, cache)
-        result["loaders"] = fresh("stage_loaders", shards, cache)
-        for processes in (1, 2):
-            result[f"train_{processes}_process"] = trainer_run(shards, cache, processes, steps=60)
+    if "load" in stages:
+        with tempfile.TemporaryDirectory() as cache:
+            result["load_parquet"] = fresh("stage_load", shards, cache)
+        with tempfile.TemporaryDirectory() as cache:
+            result["load_csv"] = fresh("stage_load", csv, cache)
+    if "tokenizer" in stages:
+        with tempfile.TemporaryDirectory() as cache:
+            result["tokenizer_training"] = fresh("stage_tokenizer", shards, cache)
+    if "tokenize" in stages:
+        all_cores = str(len(os.sched_getaffinity(0)))
+        with tempfile.TemporaryDirectory() as cache:
+            result["tokenize_1_thread"] = fresh("stage_tokenize", shards, cache, "1", env={"RAYON_NUM_THREADS": "1"})
+            result["tokenize_all_cores"] = fresh("stage_tokenize", shards, cache, "1")
+            result["tokenize_num_proc"] = fresh("stage_tokenize", shards, cache, all_cores)
+    if "cold_start" in stages:
+        with tempfile.TemporaryDirectory() as cache:  # on 2 processes: the main one prepares, the other maps
+            result["train_2_process_cold"] = trainer_run(shards, cache, 2, steps=30)
+    if "prepare" in stages:
+        with tempfile.TemporaryDirectory() as cache:
+            result["prepare"] = fresh("stage_prepare", shards, cache)
+            result["cached_prepare"] = fresh("stage_prepare", shards, cache)
+            result["loaders"] = fresh("stage_loaders", shards, cache)
+            for processes in (1, 2):
+                result[f"train_{processes}_process"] = trainer_run(shards, cache, processes, steps=60)
     return result
 
 
 def growth(small: dict, large: dict) -> dict:
-    """Time per review at the large size over the small one (per step for training)."""
+    """Time per review at the large size over the small one (per step for training; a cached start
+    absolute: it should not grow at all), for the stages measured."""
     ratios = {}
-    stages = ["load_parquet", "load_csv", "tokenizer_training", "tokenize_1_thread", "tokenize_all_cores"]
-    for stage in [*stages, "tokenize_num_proc", "prepare", "cached_prepare", "loaders"]:
-        ratios[stage] = (large[stage]["seconds"] / large["reviews"]) / (small[stage]["seconds"] / small["reviews"])
-    for processes in (1, 2):  # absolute: a cached start should not grow at all
-        key = f"train_{processes}_process"
-        ratios[f"cached_start_{processes}_process"] = large[key]["start_s"] / small[key]["start_s"]
-    cold = "train_2_process_cold"
-    ratios["cold_start_2_process"] = (large[cold]["start_s"] / large["reviews"]) / (
-        small[cold]["start_s"] / small["reviews"]
-    )
+    per_review = ["load_parquet", "load_csv", "tokenizer_training", "tokenize_1_thread", "tokenize_all_cores"]
+    for stage in [*per_review, "tokenize_num_proc", "prepare", "cached_prepare", "loaders"]:
+        if stage in large:
+            ratios[stage] = (large[stage]["seconds"] / large["reviews"]) / (small[stage]["seconds"] / small["reviews"])
     for processes in (1, 2):
         key = f"train_{processes}_process"
-        ratios[f"train_step_{processes}_process"] = small[key]["steps_per_s"] / large[key]["steps_per_s"]
+        if key in large:
+            ratios[f"cached_start_{processes}_process"] = large[key]["start_s"] / small[key]["start_s"]
+    cold = "train_2_process_cold"
+    if cold in large:
+        per_review_start = [r[cold]["start_s"] / r["reviews"] for r in (large, small)]
+        ratios["cold_start_2_process"] = per_review_start[0] / per_review_start[1]
+    for processes in (1, 2):
+        key = f"train_{processes}_process"
+        if key in large:
+            ratios[f"train_step_{processes}_process"] = small[key]["steps_per_s"] / large[key]["steps_per_s"]
     return {k: round(v, 2) for k, v in ratios.items()}
 
 
@@ -340,6 +351,7 @@ def main() -> dict:
     parser.add_argument("--quick", action="store_true", help="stop at 250k reviews")
     parser.add_argument("--sizes", default="25000,250000,2500000")
     parser.add_argument("--shard-rows", type=int, default=SHARD_ROWS, help="rows per parquet shard")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"some of {', '.join(STAGES)}")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "sentiment-trainer" / "bench_scale"))
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -352,16 +364,23 @@ def main() -> dict:
     started = time.perf_counter()
     results = {}
     for size in sizes:
-        results[size] = rounded(measure(size, Path(args.cache), args.shard_rows))
+        results[size] = rounded(measure(size, Path(args.cache), args.shard_rows, args.stages.split(",")))
         print(json.dumps(results[size]), flush=True)
     small, large = results[sizes[0]], results[sizes[-1]]
     return {
         "cpu": describe_cpu(),
         "sizes": results,
         "growth": growth(small, large),
-        "peak_rss_mb": {size: r["prepare"]["peak_rss_mb"] for size, r in results.items()},
-        "peak_anonymous_mb": {size: r["prepare"]["peak_anonymous_mb"] for size, r in results.items()},
-        "cold_2_process_peaks": {size: r["train_2_process_cold"]["processes"] for size, r in results.items()},
+        # the whole preparation: the larger of its largest process's peak RSS and its tree's summed PSS
+        "peak_rss_mb": {
+            size: max(r["prepare"]["peak_rss_mb"], r["prepare"]["peak_total_pss_mb"])
+            for size, r in results.items()
+            if "prepare" in r
+        },
+        "peak_total_pss_mb": {size: r["prepare"]["peak_total_pss_mb"] for size, r in results.items() if "prepare" in r},
+        "cold_2_process_peaks": {
+            size: r["train_2_process_cold"]["processes"] for size, r in results.items() if "train_2_process_cold" in r
+        },
         "seconds": round(time.perf_counter() - started, 1),
     }
 

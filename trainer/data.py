@@ -536,7 +536,15 @@ def _drop_empty(ds: datasets.Dataset) -> tuple[datasets.Dataset, int]:
 
 
 def encode_labels(ds: datasets.Dataset, label_map: LabelMap, split: str, **map_kwargs) -> datasets.Dataset:
-    """Raw label values -> the label map's ids (an unknown label is an error naming ``split``)."""
+    """Raw label values -> the label map's ids (an unknown label is an error naming ``split``).
+
+    Integer labels that already are their ids (0/1, as most big corpora ship them) are only cast:
+    a map would write every text again."""
+    feature = ds.features["label"]
+    if isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
+        values = ds.unique("label")
+        if all(label_map.encode(v, split) == v for v in values):
+            return ds if feature.dtype == "int64" else ds.cast_column("label", datasets.Value("int64"))
     return ds.map(
         lambda b: {"label": [label_map.encode(v, split) for v in b["label"]]},
         batched=True,
@@ -561,18 +569,25 @@ def _why_no_rows(ds: datasets.Dataset, split: str, config: DataConfig) -> str:
 
 
 def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) -> tuple[dict, LabelMap, dict]:
-    """Select and rename columns, drop empty texts, map labels to ids, carve validation, cap sizes."""
+    """Select and rename columns, drop empty texts, map labels to ids, carve validation, cap sizes.
+
+    Takes ``raw``'s splits over (the dict is left empty): a raw split whose columns are joined into a
+    new text is let go at once, so the pages of its memory-mapped file do not stay counted in this
+    process's memory (over 1 GB at 2.5M reviews) while the rest is prepared."""
     stats: dict = {}
     splits = {}
-    for split, ds in raw.items():
+    for split in list(raw):
+        ds = raw.pop(split)
         if ds is None:
             continue
         selected = _select_columns(ds, config, split)
+        del ds
         ds, dropped = _drop_empty(selected)
         stats[f"{split}_dropped_empty"] = dropped
         if len(ds) == 0:
             raise UserError(_why_no_rows(selected, split, config))
         splits[split] = ds
+        del selected, ds
 
     label_map = LabelMap.infer(splits["train"].unique("label"))
     if len(label_map.names) < 2:
