@@ -5,7 +5,7 @@ Needs torch and tokenizers (datasets and wandb are optional). Checks, then measu
   off), within a stated tolerance under fp16/bf16 autocast; a review's logits do not depend on the
   padding its batch adds; the dtype the LSTM actually runs in under each autocast;
 - training steps per second for float32, fp16 (with a GradScaler) and bf16 autocast, for the
-  trainer's model on length-grouped batches, the seed's model on fixed-length batches (float32:
+  trainer's model on length-grouped batches, the reference article's model on fixed-length batches (float32:
   its sigmoid + BCELoss cannot run under autocast), and a packed fused bidirectional LSTM;
   real (non-padding) tokens/s, computed tokens/s, achieved FLOP/s against the model's own count
   (training ~ 3 x forward, forward = 8 H (I + H) per token per layer and direction), peak memory;
@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 IMDB = REPO.parent / "shared" / "data" / "imdb" / "train.csv.gz"
 
 from bench_step import FusedBiLSTM  # noqa: E402
-from seed_baseline import SeedSentimentRNN, pad_fixed  # noqa: E402
+from reference_baseline import ReferenceSentimentRNN, pad_fixed  # noqa: E402
 
 from trainer.hardware import cpu_info  # noqa: E402
 from trainer.model import ModelConfig, SentimentRNN, classification_loss  # noqa: E402
@@ -105,7 +105,7 @@ def grouped_batches(ids: list[list[int]], labels: list[int], batch_size: int) ->
 
 
 def fixed_batches(ids: list[list[int]], labels: list[int], batch_size: int, max_length: int) -> list[dict]:
-    """The seed's batches: every review front-padded or cut to max_length, in data order."""
+    """The reference article's batches: every review front-padded or cut to max_length, in data order."""
     out = []
     for start in range(0, len(ids) - batch_size + 1, batch_size):
         chunk = ids[start : start + batch_size]
@@ -134,13 +134,13 @@ def measure(kind: str, model: nn.Module, batches: list[dict], device: torch.devi
     model = model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    hidden = model.init_hidden(batches[0]["input_ids"].size(0)) if kind == "seed" else None
+    hidden = model.init_hidden(batches[0]["input_ids"].size(0)) if kind == "reference" else None
     criterion = nn.BCELoss()
 
     def step(batch: dict) -> None:
         nonlocal hidden
         batch = to(batch, device)
-        if kind == "seed":  # the article's step, hidden state carried and detached
+        if kind == "reference":  # the article's step, hidden state carried and detached
             hidden = tuple(h.detach() for h in hidden)
             output, hidden = model(batch["input_ids"], hidden)
             loss = criterion(output.squeeze(-1), batch["labels"].float())
@@ -274,9 +274,9 @@ def main() -> dict:
         runs = {}
         for precision in precisions:
             runs[f"ours_{precision}"] = measure("ours", copy.deepcopy(ours), grouped, device, precision, steps, config)
-        seed = SeedSentimentRNN(config.num_layers, vocab_size, config.hidden_dim, config.embedding_dim, 1,
+        reference = ReferenceSentimentRNN(config.num_layers, vocab_size, config.hidden_dim, config.embedding_dim, 1,
                                 drop_prob=config.dropout, bidirectional=config.bidirectional)  # fmt: skip
-        runs["seed_fp32"] = measure("seed", seed, fixed, device, "fp32", steps, config)
+        runs["reference_fp32"] = measure("reference", reference, fixed, device, "fp32", steps, config)
         runs["packed_fp32"] = measure("packed", FusedBiLSTM(ours, packed=True), grouped, device, "fp32", steps, config)
         best = max((k for k in runs if k.startswith("ours")), key=lambda k: runs[k]["tokens_per_s"])
         runs["best_ours"] = best

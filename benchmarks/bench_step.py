@@ -7,8 +7,8 @@ real (non-padding) tokens per second, with the ratio to ``trainer`` (what the tr
 
 - ``trainer``: what the trainer does in float32: length-grouped batches, masked per-direction
   LSTMs, AdamW as ``trainer.optim.build_optimizer`` makes it (foreach), ``set_to_none=True``;
-- ``fixed_padding``: the same examples padded to ``max_length`` (the seed's batches);
-- ``seed_model``: the seed's fused bidirectional ``nn.LSTM``, unmasked, on the trainer's batches;
+- ``fixed_padding``: the same examples padded to ``max_length`` (the reference article's batches);
+- ``reference_model``: the reference article's fused bidirectional ``nn.LSTM``, unmasked, on the trainer's batches;
 - ``packed``: ``pack_padded_sequence`` through a fused bidirectional ``nn.LSTM``;
 - ``zero_grad_keep``: ``zero_grad(set_to_none=False)``;
 - ``adamw_fused`` / ``adamw_for_loop``: AdamW's fused kernel / its per-parameter loop;
@@ -51,7 +51,7 @@ from trainer.model import SentimentRNN, classification_loss  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
 from trainer.tokenizer import pad_id  # noqa: E402
 
-VARIANTS = ("trainer", "fixed_padding", "seed_model", "packed", "zero_grad_keep", "adamw_fused", "adamw_for_loop",
+VARIANTS = ("trainer", "fixed_padding", "reference_model", "packed", "zero_grad_keep", "adamw_fused", "adamw_for_loop",
             "one_thread", "bf16_autocast", "compile", "accelerate")  # fmt: skip
 
 
@@ -74,7 +74,7 @@ class FusedBiLSTM(nn.Module):
         if self.packed:
             packed = pack_padded_sequence(x, lengths.clamp(min=1), batch_first=True, enforce_sorted=False)
             x = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=input_ids.size(1))[0]
-        else:  # the seed's way: padding runs through the LSTM and gets attention
+        else:  # the reference article's way: padding runs through the LSTM and gets attention
             x = self.lstm(x)[0]
         mask = torch.arange(x.size(1), device=x.device).unsqueeze(0) < lengths.unsqueeze(1) if self.packed else None
         scores = self.attention(x).squeeze(-1).float()
@@ -102,7 +102,7 @@ class Variant:
         self.autocast = name == "bf16_autocast"
         self.zero_to_none = name != "zero_grad_keep"
         self.accelerator = None
-        if name in ("seed_model", "packed"):
+        if name in ("reference_model", "packed"):
             self.model = FusedBiLSTM(reference, packed=name == "packed")
         else:
             self.model = copy.deepcopy(reference)

@@ -1,4 +1,4 @@
-"""The trainer against the seed article's training, on IMDB, side by side in one invocation.
+"""The trainer against the reference article's training, on IMDB, side by side in one invocation.
 
 Both sides get the same data (IMDB train from ../shared/data, the trainer's fixed validation
 split), the same tokenizer and token ids, the same model sizes, batch size and thread count;
@@ -88,7 +88,7 @@ def padding_efficiency(run_dir: Path) -> float:
 
 
 def run_baseline(common: list[str], env: dict) -> dict:
-    command = [sys.executable, str(REPO / "benchmarks" / "seed_baseline.py"), *common]
+    command = [sys.executable, str(REPO / "benchmarks" / "reference_baseline.py"), *common]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"baseline failed:\n{result.stderr[-2000:]}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: correctness against the CPU, training tokens/s in fp32/fp16/bf16, the trainer's
-# model against the seed's, achieved FLOP/s, peak memory, and a short run of the trainer (when
+# model against the reference article's, achieved FLOP/s, peak memory, and a short run of the trainer (when
 # `datasets` is installed). Needs one NVIDIA GPU and a Python with torch and tokenizers (accelerate,
 # datasets and wandb optional). Writes one JSON file; finishes in under 8 minutes.
 #   ./benchmarks/gpu.sh [RESULT.json]        (default gpu_result.json; PYTHON=... to choose python)

@@ -1,13 +1,15 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
-from trainer.config import config_reference, load_config, preset_names, resolve_preset
+from trainer.config import config_reference, load_config, preset_names, resolve_preset, with_reference
 from trainer.errors import UserError
 
 
 def test_precedence_defaults_then_preset_then_command_line():
     defaults = load_config(None, [])
-    assert defaults.model.hidden_dim == 256 and defaults.optim.lr == 1e-3  # the seed's values
+    assert defaults.model.hidden_dim == 256 and defaults.optim.lr == 1e-3  # the reference article's values
     preset = load_config("tiny", [])
     assert preset.model.hidden_dim == 16 and preset.train.epochs == 2
     assert preset.optim.max_grad_norm == 5.0  # untouched by the preset: still the default
@@ -95,3 +97,10 @@ def test_a_global_batch_size_sets_the_accumulation_for_the_process_count():
     untouched = TrainConfig(batch_size=16, gradient_accumulation_steps=3)
     apply_global_batch(untouched, 2)
     assert untouched.gradient_accumulation_steps == 3
+
+
+def test_the_configuration_reference_in_the_docs_is_up_to_date():
+    docs = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    text = docs.read_text(encoding="utf-8")
+    assert with_reference(text) == text, "stale: run python -m trainer.config docs/configuration.md"
+    assert "--data.num_proc=null" in text

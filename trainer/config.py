@@ -252,3 +252,25 @@ def config_reference() -> str:
         lines.append(f"{f.name}:")
         walk(f.default_factory, f"{f.name}.")
     return "\n".join(lines)
+
+
+REFERENCE_BEGIN = "<!-- the configuration reference: python -m trainer.config docs/configuration.md writes it -->"
+REFERENCE_END = "<!-- end of the configuration reference -->"
+
+
+def with_reference(markdown: str) -> str:
+    """``markdown`` with the text between ``REFERENCE_BEGIN`` and ``REFERENCE_END`` replaced by
+    ``config_reference()`` in a code block."""
+    head, begin, rest = markdown.partition(REFERENCE_BEGIN)
+    _, end, tail = rest.partition(REFERENCE_END)
+    if not (begin and end):
+        raise UserError(f"no {REFERENCE_BEGIN} ... {REFERENCE_END} block to write the reference into")
+    return f"{head}{begin}\n```\n{config_reference()}\n```\n{end}{tail}"
+
+
+if __name__ == "__main__":  # python -m trainer.config FILE.md: rewrite FILE's reference block
+    import sys
+
+    target = Path(sys.argv[1])
+    target.write_text(with_reference(target.read_text(encoding="utf-8")), encoding="utf-8")
+

@@ -68,7 +68,7 @@ class DataConfig:
     )
     train_split: str = field(
         default="train",
-        metadata={"help": "split to train on: of the Hub dataset, or of a train_files folder whose file names say splits"},
+        metadata={"help": "split to train on (Hub dataset, or a train_files folder whose file names say splits)"},
     )
     validation_split: str | None = field(
         default="auto",

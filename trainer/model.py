@@ -2,7 +2,7 @@
 
 A plain ``nn.Module``: it knows nothing about accelerate, datasets or wandb.
 
-Differences from the seed article's model, each a bug fix:
+Differences from the reference article's model, each a bug fix:
 - attention is masked, so padding gets exactly zero weight;
 - the backward direction starts at each sequence's last real token (not at the end of the
   padding), so a sequence's output does not depend on how much padding its batch added;

@@ -14,7 +14,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 
 @dataclass
 class OptimConfig:
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (the seed's Adam 1e-3)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (the reference article's Adam 1e-3)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay (0 = Adam)"})
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "AdamW betas"})
     eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})

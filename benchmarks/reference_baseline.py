@@ -1,4 +1,4 @@
-"""The seed article's training, re-implemented faithfully: the reference the trainer is measured against.
+"""The reference article's training, re-implemented faithfully: the reference the trainer is measured against.
 
 What the article (and the Kaggle notebook it follows) does, bugs included, since that is the
 point of a reference:
@@ -13,7 +13,7 @@ point of a reference:
 It gets the same tokenizer, token ids, batch size, model sizes and thread count as the trainer:
 the data come from the trainer's own pipeline (``prepare_data``) for the chosen preset.
 
-    python benchmarks/seed_baseline.py --config imdb --data.train_files=../shared/data/imdb/train.csv.gz \\
+    python benchmarks/reference_baseline.py --config imdb --data.train_files=../shared/data/imdb/train.csv.gz \\
         --data.max_train_examples=2000 --train.epochs=1
 
 It prints one JSON object per validation and a summary object last.
@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
-class SeedSentimentRNN(nn.Module):
+class ReferenceSentimentRNN(nn.Module):
     """The article's model, as written there."""
 
     def __init__(
@@ -91,14 +91,14 @@ def fixed_length_set(ds, seq_len: int) -> TensorDataset:
     return TensorDataset(pad_fixed(ids, seq_len), torch.tensor(list(ds["label"])), lengths)
 
 
-def train_seed(config, data, log=print) -> dict:
+def train_reference(config, data, log=print) -> dict:
     """The article's loop on the trainer's data; returns a summary with throughput figures."""
     torch.manual_seed(config.train.seed)
     seq_len, batch_size = config.data.max_length, config.train.batch_size
     train_set, val_set = fixed_length_set(data.train, seq_len), fixed_length_set(data.validation, seq_len)
     train_loader = DataLoader(train_set, shuffle=True, batch_size=batch_size, drop_last=True)
     valid_loader = DataLoader(val_set, shuffle=False, batch_size=batch_size, drop_last=True)
-    model = SeedSentimentRNN(
+    model = ReferenceSentimentRNN(
         config.model.num_layers,
         data.tokenizer.get_vocab_size(),
         config.model.hidden_dim,
@@ -182,7 +182,7 @@ def main(argv: list[str]) -> dict:
     preset, overrides, _, _ = parse_cli(argv)
     config = load_config(preset, overrides)
     data = prepare_data(config.data, config.tokenizer)
-    summary = train_seed(config, data)
+    summary = train_reference(config, data)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"preset": preset, "threads": torch.get_num_threads(), **summary, "peak_rss_mb": round(peak_mb)}
 
