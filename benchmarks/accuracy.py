@@ -47,8 +47,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def train(seed: int, trainer_args: list[str], out: Path, keep_final: bool) -> dict:
-    command = [sys.executable, "-m", "trainer", *trainer_args, f"--train.seed={seed}", f"--train.output_dir={out}",
-               "--logging.tracker=none", f"--checkpoint.save_final={str(keep_final).lower()}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "trainer",
+        *trainer_args,
+        f"--train.seed={seed}",
+        f"--train.output_dir={out}",
+        "--logging.tracker=none",
+        f"--checkpoint.save_final={str(keep_final).lower()}",
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     if done.returncode != 0:
@@ -66,10 +74,10 @@ def train(seed: int, trainer_args: list[str], out: Path, keep_final: bool) -> di
 
 def ensemble_accuracy(trainer_args: list[str], model_dirs: list[Path]) -> float:
     """Accuracy of the models' averaged probabilities on the trainer's own validation split."""
+    from trainer.cli import parse_cli
     from trainer.config import load_config
     from trainer.data import clean_splits, load_raw_splits
     from trainer.inference import load_model
-    from trainer.train import parse_cli
 
     preset, overrides, _, _ = parse_cli(trainer_args)
     config = load_config(preset, overrides)

@@ -86,8 +86,9 @@ def ours(data_path: str, cache: str) -> dict:
 def in_process(function: str, args: list[str], env: dict) -> dict:
     """``function(*args)`` of this module in a fresh process (its own threads and caches)."""
     code = f"import json, sys, bench_data as b; print(json.dumps(b.{function}(*sys.argv[1:])))"
-    result = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
-                            cwd=Path(__file__).parent)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, cwd=Path(__file__).parent
+    )
     if result.returncode != 0:
         sys.exit(result.stderr[-2000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -96,9 +97,18 @@ def in_process(function: str, args: list[str], env: dict) -> dict:
 def trainer_start(data_path: str, cache: str, env: dict) -> float:
     """Seconds from launching ``python -m trainer`` (warm cache) until it reports its run folder."""
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "trainer", "--config", "imdb", f"--data.train_files={data_path}",
-                   f"--data.cache_dir={cache}", f"--train.output_dir={out}/run", "--train.max_steps=1",
-                   "--logging.tracker=none"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--config",
+            "imdb",
+            f"--data.train_files={data_path}",
+            f"--data.cache_dir={cache}",
+            f"--train.output_dir={out}/run",
+            "--train.max_steps=1",
+            "--logging.tracker=none",
+        ]
         started = time.perf_counter()
         proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         ready = seconds_to_run_folder(proc, started)

@@ -77,7 +77,8 @@ def load_sequences(count: int, max_length: int, vocab_size: int) -> tuple[list[l
         random.Random(0).shuffle(rows)
         texts = [r["text"] for r in rows]
         tokenizer = train_tokenizer(
-            (texts[i : i + 1000] for i in range(0, len(texts), 1000)), TokenizerConfig(vocab_size=vocab_size)
+            (texts[i : i + 1000] for i in range(0, len(texts), 1000)),
+            TokenizerConfig(model="wordpiece", vocab_size=vocab_size),
         )
         tokenizer.enable_truncation(max_length)
         ids = [e.ids for e in tokenizer.encode_batch_fast(texts[:count])]
@@ -109,9 +110,13 @@ def fixed_batches(ids: list[list[int]], labels: list[int], batch_size: int, max_
     out = []
     for start in range(0, len(ids) - batch_size + 1, batch_size):
         chunk = ids[start : start + batch_size]
-        out.append({"input_ids": pad_fixed(chunk, max_length),
-                    "lengths": torch.tensor([min(len(x), max_length) for x in chunk]),
-                    "labels": torch.tensor(labels[start : start + batch_size])})  # fmt: skip
+        out.append(
+            {
+                "input_ids": pad_fixed(chunk, max_length),
+                "lengths": torch.tensor([min(len(x), max_length) for x in chunk]),
+                "labels": torch.tensor(labels[start : start + batch_size]),
+            }
+        )
     return out
 
 
@@ -128,8 +133,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(kind: str, model: nn.Module, batches: list[dict], device: torch.device, precision: str,
-            steps: int, config: ModelConfig) -> dict:  # fmt: skip
+def measure(
+    kind: str,
+    model: nn.Module,
+    batches: list[dict],
+    device: torch.device,
+    precision: str,
+    steps: int,
+    config: ModelConfig,
+) -> dict:
     """Trains ``steps`` timed steps after 3 warm-up steps; tokens/s, FLOP/s, peak memory."""
     model = model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -168,9 +180,13 @@ def measure(kind: str, model: nn.Module, batches: list[dict], device: torch.devi
     real = sum(int(b["lengths"].sum()) for b in timed)
     computed = sum(b["input_ids"].numel() for b in timed)
     flops = training_flops_per_token(config) * computed / seconds
-    result = {"tokens_per_s": round(real / seconds), "computed_tokens_per_s": round(computed / seconds),
-              "padding_efficiency": round(real / computed, 3), "tflops": round(flops / 1e12, 3),
-              "steps_per_s": round(steps / seconds, 2)}  # fmt: skip
+    result = {
+        "tokens_per_s": round(real / seconds),
+        "computed_tokens_per_s": round(computed / seconds),
+        "padding_efficiency": round(real / computed, 3),
+        "tflops": round(flops / 1e12, 3),
+        "steps_per_s": round(steps / seconds, 2),
+    }
     if device.type == "cuda":
         result["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     return result
@@ -223,10 +239,20 @@ def trainer_run(device: torch.device, quick: bool) -> dict:
         return {"skipped": "datasets is not installed"}
     with tempfile.TemporaryDirectory() as tmp:
         preset, steps = ("tiny", "20") if quick else ("default", "300")
-        command = [sys.executable, "-m", "trainer", "--config", preset, f"--train.output_dir={tmp}/run",
-                   "--logging.tracker=none", f"--train.max_steps={steps}", "--train.mixed_precision=auto",
-                   "--checkpoint.save_final=false", f"--train.cpu={device.type == 'cpu'}",
-                   f"--data.cache_dir={tmp}/cache"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--config",
+            preset,
+            f"--train.output_dir={tmp}/run",
+            "--logging.tracker=none",
+            f"--train.max_steps={steps}",
+            "--train.mixed_precision=auto",
+            "--checkpoint.save_final=false",
+            f"--train.cpu={device.type == 'cpu'}",
+            f"--data.cache_dir={tmp}/cache",
+        ]
         started = time.perf_counter()
         done = subprocess.run(
             command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
@@ -235,8 +261,13 @@ def trainer_run(device: torch.device, quick: bool) -> dict:
         if done.returncode != 0:
             return {"failed": done.stderr[-1500:]}
         info = json.loads((Path(tmp) / "run" / "run_info.json").read_text())
-    return {"seconds": round(seconds, 1), "device": info["device"], "mixed_precision": info["mixed_precision"],
-            "steps": info["final_step"], "best_accuracy": info["best_metrics"]["accuracy"]}  # fmt: skip
+    return {
+        "seconds": round(seconds, 1),
+        "device": info["device"],
+        "mixed_precision": info["mixed_precision"],
+        "steps": info["final_step"],
+        "best_accuracy": info["best_metrics"]["accuracy"],
+    }
 
 
 def main() -> dict:
@@ -261,11 +292,17 @@ def main() -> dict:
         ids = [x[:32] for x in ids]
     grouped = grouped_batches(ids, labels, args.batch_size)
     fixed = fixed_batches(ids, labels, args.batch_size, 32 if args.quick else args.max_length)
-    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-              "torch": torch.__version__, "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
-              "data": source, "batch_size": args.batch_size, "max_length": args.max_length,
-              "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-              "correctness": correctness(next(iter(sizes.values())), grouped[0], device, vocab_size)}  # fmt: skip
+    result = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "data": source,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "correctness": correctness(next(iter(sizes.values())), grouped[0], device, vocab_size),
+    }
     result["cpu"] = cpu_info()
     precisions = ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32", "bf16")
     for size, config in sizes.items():
@@ -274,8 +311,15 @@ def main() -> dict:
         runs = {}
         for precision in precisions:
             runs[f"ours_{precision}"] = measure("ours", copy.deepcopy(ours), grouped, device, precision, steps, config)
-        reference = ReferenceSentimentRNN(config.num_layers, vocab_size, config.hidden_dim, config.embedding_dim, 1,
-                                drop_prob=config.dropout, bidirectional=config.bidirectional)  # fmt: skip
+        reference = ReferenceSentimentRNN(
+            config.num_layers,
+            vocab_size,
+            config.hidden_dim,
+            config.embedding_dim,
+            1,
+            drop_prob=config.dropout,
+            bidirectional=config.bidirectional,
+        )
         runs["reference_fp32"] = measure("reference", reference, fixed, device, "fp32", steps, config)
         runs["packed_fp32"] = measure("packed", FusedBiLSTM(ours, packed=True), grouped, device, "fp32", steps, config)
         best = max((k for k in runs if k.startswith("ours")), key=lambda k: runs[k]["tokens_per_s"])

@@ -51,8 +51,19 @@ from trainer.model import SentimentRNN, classification_loss  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
 from trainer.tokenizer import pad_id  # noqa: E402
 
-VARIANTS = ("trainer", "fixed_padding", "reference_model", "packed", "zero_grad_keep", "adamw_fused", "adamw_for_loop",
-            "one_thread", "bf16_autocast", "compile", "accelerate")  # fmt: skip
+VARIANTS = (
+    "trainer",
+    "fixed_padding",
+    "reference_model",
+    "packed",
+    "zero_grad_keep",
+    "adamw_fused",
+    "adamw_for_loop",
+    "one_thread",
+    "bf16_autocast",
+    "compile",
+    "accelerate",
+)
 
 
 class FusedBiLSTM(nn.Module):
@@ -64,8 +75,14 @@ class FusedBiLSTM(nn.Module):
         self.packed = packed
         self.embedding = copy.deepcopy(reference.embedding)
         self.dropout = nn.Dropout(config.dropout)
-        self.lstm = nn.LSTM(config.embedding_dim, config.hidden_dim, config.num_layers, batch_first=True,
-                            dropout=config.dropout if config.num_layers > 1 else 0.0, bidirectional=True)  # fmt: skip
+        self.lstm = nn.LSTM(
+            config.embedding_dim,
+            config.hidden_dim,
+            config.num_layers,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            bidirectional=True,
+        )
         self.attention = copy.deepcopy(reference.attention)
         self.classifier = copy.deepcopy(reference.classifier)
 
@@ -212,8 +229,10 @@ def main() -> dict:
     for round_ in range(args.rounds):
         for name in names if round_ % 2 == 0 else reversed(names):  # alternate the order too
             seconds[name].append(variants[name].run())
-        print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{n} {s[-1]:.2f}s" for n, s in seconds.items()),
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{n} {s[-1]:.2f}s" for n, s in seconds.items()),
+            file=sys.stderr,
+        )
 
     base = statistics.median(seconds["trainer"])
     results = {}
@@ -239,7 +258,7 @@ def main() -> dict:
         "variants": results,
         "collate": collate,
         "lstm_output_dtype_under_bf16_autocast": lstm_dtype_under_autocast(reference, batches[0]),
-    }  # fmt: skip
+    }
     if "accelerate" in results:
         report["accelerate_overhead"] = round(statistics.median(seconds["accelerate"]) / base - 1, 4)
     return report

@@ -49,8 +49,15 @@ def time_to_target(records: list[dict], target: float) -> float | None:
 
 def run_ours(common: list[str], out: Path, env: dict) -> dict:
     # As ./launch/train.sh runs it on a CPU: bf16 autocast where the CPU runs bf16 natively.
-    command = [sys.executable, "-c", OURS, "--train.mixed_precision=auto", *common, f"--train.output_dir={out}",
-               "--logging.tracker=none"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-c",
+        OURS,
+        "--train.mixed_precision=auto",
+        *common,
+        f"--train.output_dir={out}",
+        "--logging.tracker=none",
+    ]
     command += ["--checkpoint.save_best=false", "--checkpoint.save_final=false"]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -111,8 +118,12 @@ def main() -> dict:
         sys.exit(f"{args.data} not found; pass --data PATH to the IMDB train CSV")
     common = ["--config", "imdb", f"--data.train_files={args.data}"]
     if args.quick:  # a subset: enough to see both learn, not to reach the full accuracy
-        common += ["--data.max_train_examples=6000", "--data.max_eval_examples=500", "--train.epochs=1",
-                   "--train.eval_every_steps=10"]  # fmt: skip
+        common += [
+            "--data.max_train_examples=6000",
+            "--data.max_eval_examples=500",
+            "--train.epochs=1",
+            "--train.eval_every_steps=10",
+        ]
     else:
         common += ["--train.eval_every_steps=40"]
     common += args.overrides
@@ -126,8 +137,10 @@ def main() -> dict:
             results["baseline"].append(run_baseline(common, env))
             for side in results:
                 r = results[side][-1]
-                print(f"{side}: {r['tokens_per_s']:,.0f} tokens/s, accuracy {r['final_val_accuracy']:.3f}",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"{side}: {r['tokens_per_s']:,.0f} tokens/s, accuracy {r['final_val_accuracy']:.3f}",
+                    file=sys.stderr,
+                )
 
     def summarise(runs: list[dict]) -> dict:
         times = [time_to_target([{"elapsed_s": t, "eval/accuracy": a} for t, a in r["evals"]], target) for r in runs]

@@ -16,9 +16,9 @@ import time
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
+from trainer.cli import parse_cli
 from trainer.config import load_config
 from trainer.data import clean_splits, load_raw_splits
-from trainer.train import parse_cli
 
 
 def main(argv: list[str]) -> dict:

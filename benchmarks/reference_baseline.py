@@ -175,9 +175,9 @@ def train_reference(config, data, log=print) -> dict:
 
 def main(argv: list[str]) -> dict:
     # Imported here: the model above is also used where datasets is not installed (bench_gpu.py).
+    from trainer.cli import parse_cli
     from trainer.config import load_config
     from trainer.data import prepare_data
-    from trainer.train import parse_cli
 
     preset, overrides, _, _ = parse_cli(argv)
     config = load_config(preset, overrides)

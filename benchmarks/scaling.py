@@ -35,8 +35,20 @@ def free_port() -> int:
 def run(processes: int, steps: int, trainer_args: list[str], work: Path) -> float:
     out = work / f"run-{processes}-{len(list(work.iterdir()))}"
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    launch = [accelerate, "launch", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision",
-              "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1"]  # fmt: skip
+    launch = [
+        accelerate,
+        "launch",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+    ]
     if processes > 1:
         launch += ["--multi_gpu", "--main_process_port", str(free_port())]
     cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:processes])

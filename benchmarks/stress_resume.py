@@ -50,8 +50,13 @@ def main() -> dict:
         for attempt in range(args.kills):
             interrupted_saves |= {p.name for p in (stressed / "checkpoints").glob(".tmp-step-*")}
             resume = ["--resume", "auto"] if attempt else []
-            proc = subprocess.Popen(command(stressed, [*trainer_args, *resume]), env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+            proc = subprocess.Popen(
+                command(stressed, [*trainer_args, *resume]),
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
             for line in proc.stdout:  # start-up: until the run folder line, training starts after it
                 output.append(line)
                 if line.startswith("run folder"):
@@ -66,8 +71,9 @@ def main() -> dict:
             proc.wait()
             kills += 1
             print(f"kill {kills}", file=sys.stderr)
-        result = subprocess.run(command(stressed, [*trainer_args, "--resume", "auto"]), env=env,
-                                capture_output=True, text=True)  # fmt: skip
+        result = subprocess.run(
+            command(stressed, [*trainer_args, "--resume", "auto"]), env=env, capture_output=True, text=True
+        )
         if result.returncode != 0:
             sys.exit(result.stderr[-2000:])
         output += result.stdout.splitlines()

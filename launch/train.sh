@@ -12,7 +12,6 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 fi
 launch_args=()
-trainer_args=()
 if [ -n "${ACCELERATE_CONFIG:-}" ]; then
   launch_args=(--config_file "$ACCELERATE_CONFIG")
 elif [ "$gpus" -gt 1 ]; then
@@ -21,8 +20,7 @@ elif [ "$gpus" -eq 1 ]; then
   launch_args=(--config_file "$ROOT/accelerate_configs/gpu.yaml")
 else
   launch_args=(--config_file "$ROOT/accelerate_configs/cpu.yaml" --num_cpu_threads_per_process "$(nproc)")
-  # bf16 autocast where the CPU runs bf16 natively (AVX512-BF16, AMX), else float32; later
-  # arguments win, e.g. --train.mixed_precision=no
-  trainer_args=(--train.mixed_precision=auto)
 fi
-exec accelerate launch "${launch_args[@]}" -m trainer "${trainer_args[@]}" "$@"
+# Precision is the trainer's --train.mixed_precision (default auto: bf16 where the hardware runs it
+# natively, AVX512-BF16/AMX on a CPU, else float32 on a CPU and fp16 on an older GPU).
+exec accelerate launch "${launch_args[@]}" -m trainer "$@"

@@ -98,8 +98,10 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[str, s
             f.close()
     if stopped:
         ends = ["stopped" if p in stopped else f"exit {p.returncode}" for p in procs]
-        tails = "\n".join(f"--- process {i} ({end}) ---\n{err[-2500:]}"
-                          for i, (end, (_, err)) in enumerate(zip(ends, outputs, strict=True)))  # fmt: skip
+        tails = "\n".join(
+            f"--- process {i} ({end}) ---\n{err[-2500:]}"
+            for i, (end, (_, err)) in enumerate(zip(ends, outputs, strict=True))
+        )
         pytest.fail(f"{why}:\n{tails}")
     return outputs
 
@@ -143,9 +145,9 @@ def evaluate_export(model_dir: Path, run_dir: Path) -> dict:
     """Single-process validation metrics of an exported model on its run's own validation split."""
     import torch
 
-    from trainer.checkpoint import load_exported
     from trainer.config import load_config
     from trainer.data import build_dataloaders, prepare_data
+    from trainer.export import load_exported
     from trainer.metrics import classification_metrics
     from trainer.model import class_probabilities, classification_loss
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 from conftest import REPO, review_rows, write_csv
 
-from trainer.train import main
+from trainer.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerator_state")]
 

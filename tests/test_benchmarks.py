@@ -12,8 +12,13 @@ from conftest import REPO
 def test_gpu_check_runs_its_code_on_the_cpu_and_writes_its_result(tmp_path):
     out = tmp_path / "result.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--quick",
-                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--quick", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     check = result["correctness"]
@@ -32,16 +37,28 @@ def test_gpu_script_refuses_a_machine_without_a_gpu(tmp_path):
     fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
-    done = subprocess.run([str(REPO / "benchmarks" / "gpu.sh"), str(tmp_path / "r.json")], env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [str(REPO / "benchmarks" / "gpu.sh"), str(tmp_path / "r.json")], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 2 and "no NVIDIA GPU" in done.stderr
     assert not (tmp_path / "r.json").exists()
 
 
 def test_accuracy_script_reports_the_model_asked_for_over_seeds(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    command = [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--no-bow", "--seeds", "1,2", "--report",
-               "final", "--", "--config", "tiny", "--train.epochs=3"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "accuracy.py"),
+        "--no-bow",
+        "--seeds",
+        "1,2",
+        "--report",
+        "final",
+        "--",
+        "--config",
+        "tiny",
+        "--train.epochs=3",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.splitlines()[-1])
@@ -57,8 +74,22 @@ def test_accuracy_script_trains_every_seed_on_every_fold_and_scores_their_ensemb
     # Seed 1 twice: each fold's ensemble is of two copies of one model, so it must score exactly as
     # the trainer scored that model on the held-out fold (the same fold, labels and predictions).
     # --folds 0,2: only those two of the three folds run.
-    command = [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--no-bow", "--cv-folds", "3", "--folds",
-               "0,2", "--seeds", "1,1", "--ensemble", "--", "--config", "tiny", "--train.epochs=1"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "accuracy.py"),
+        "--no-bow",
+        "--cv-folds",
+        "3",
+        "--folds",
+        "0,2",
+        "--seeds",
+        "1,1",
+        "--ensemble",
+        "--",
+        "--config",
+        "tiny",
+        "--train.epochs=1",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.splitlines()[-1])

@@ -14,7 +14,8 @@ import pytest
 from conftest import REPO, evaluate_export, read_json, read_jsonl, run_cli, weight_difference
 from test_distributed import launcher
 
-from trainer.checkpoint import MANIFEST_NAME, _sha256
+from trainer.checkpoint import MANIFEST_NAME
+from trainer.export import sha256_file
 
 pytestmark = pytest.mark.slow
 FAULTS = Path(__file__).parent / "faults"
@@ -123,7 +124,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     (checkpoint / "optimizer.bin").write_bytes(pickle.dumps({"state": Payload()}))
     manifest = json.loads((checkpoint / MANIFEST_NAME).read_text())
     file = checkpoint / "optimizer.bin"
-    manifest["optimizer.bin"] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+    manifest["optimizer.bin"] = {"bytes": file.stat().st_size, "sha256": sha256_file(file)}
     (checkpoint / MANIFEST_NAME).write_text(json.dumps(manifest))
     result = train(run, "--resume", str(checkpoint), expect=2)
     assert "refusing checkpoint" in result.stderr and "optimizer.bin" in result.stderr
@@ -133,8 +134,12 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 
 def test_early_stopping_stops_and_its_patience_survives_resume(tmp_path):
     # lr 0: validation never improves after the first evaluation (step 2).
-    args = ["--optim.lr=0", "--train.eval_every_steps=2", "--checkpoint.early_stopping_patience=3",
-            "--checkpoint.save_every_steps=2"]  # fmt: skip
+    args = [
+        "--optim.lr=0",
+        "--train.eval_every_steps=2",
+        "--checkpoint.early_stopping_patience=3",
+        "--checkpoint.save_every_steps=2",
+    ]
     straight = tmp_path / "straight"
     train(straight, *args)
     info = read_json(straight / "run_info.json")
@@ -161,8 +166,15 @@ def test_two_processes_resume_to_the_same_final_metrics(tmp_path):
 
 def test_sigterm_stops_a_two_process_job_with_a_checkpoint_to_resume(tmp_path):
     run = tmp_path / "run"
-    command = [*launcher(2), "-m", "trainer", *COMMON, f"--train.output_dir={run}", "--train.epochs=200",
-               "--checkpoint.save_every_steps=0"]  # fmt: skip
+    command = [
+        *launcher(2),
+        "-m",
+        "trainer",
+        *COMMON,
+        f"--train.output_dir={run}",
+        "--train.epochs=200",
+        "--checkpoint.save_every_steps=0",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -186,8 +198,12 @@ def test_sigterm_stops_a_two_process_job_with_a_checkpoint_to_resume(tmp_path):
 def test_a_resumed_run_keeps_logging_to_the_same_wandb_run(tmp_path):
     run = tmp_path / "run"
     no_key = {"WANDB_API_KEY": "", "WANDB_MODE": "", "NETRC": str(tmp_path / "none")}
-    train(run, "--logging.tracker=wandb", env={**faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), **no_key},
-          expect=-signal.SIGKILL)  # fmt: skip
+    train(
+        run,
+        "--logging.tracker=wandb",
+        env={**faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), **no_key},
+        expect=-signal.SIGKILL,
+    )
     saved = json.loads((run / "checkpoints" / "step-00000008" / "train_state.json").read_text())
     train(run, "--logging.tracker=wandb", "--resume", "auto", env=no_key)
     runs = sorted((run / "wandb").glob("offline-run-*"))

@@ -9,7 +9,7 @@ from trainer.errors import UserError
 
 def test_precedence_defaults_then_preset_then_command_line():
     defaults = load_config(None, [])
-    assert defaults.model.hidden_dim == 256 and defaults.optim.lr == 1e-3  # the reference article's values
+    assert defaults.model.hidden_dim == 64 and defaults.optim.lr == 3e-3
     preset = load_config("tiny", [])
     assert preset.model.hidden_dim == 16 and preset.train.epochs == 2
     assert preset.optim.max_grad_norm == 5.0  # untouched by the preset: still the default
@@ -104,3 +104,10 @@ def test_the_configuration_reference_in_the_docs_is_up_to_date():
     text = docs.read_text(encoding="utf-8")
     assert with_reference(text) == text, "stale: run python -m trainer.config docs/configuration.md"
     assert "--data.num_proc=null" in text
+
+
+def test_a_bare_run_uses_the_config_classes_defaults():
+    """One set of defaults: what --help and docs/configuration.md show is what a run without
+    --config gets (the default preset only names the built-in data, which is the default too)."""
+    assert load_config("default", []) == load_config(None, [])
+    assert load_config("default", []).train.mixed_precision == "auto"

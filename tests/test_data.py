@@ -239,8 +239,9 @@ def test_a_resume_on_another_split_continues_at_the_next_unseen_example(first, s
 def test_cross_validation_folds_partition_the_data(tmp_path):
     from trainer.data import clean_splits, load_raw_splits
 
-    path = write_csv(tmp_path / "all.csv", [(f"review number {i} " + text, label)
-                                             for i, (text, label) in enumerate(review_rows(53))])  # fmt: skip
+    path = write_csv(
+        tmp_path / "all.csv", [(f"review number {i} " + text, label) for i, (text, label) in enumerate(review_rows(53))]
+    )
     held_out = []
     for fold in range(5):
         config = DataConfig(train_files=[str(path)], cv_folds=5, cv_fold=fold)

@@ -23,8 +23,22 @@ ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) o
 
 def launcher(num_processes: int, *extra: str) -> list[str]:
     port = str(free_port())
-    return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port, *extra]  # fmt: skip
+    return [
+        ACCELERATE,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        port,
+        *extra,
+    ]
 
 
 def launch(args: list[str], cwd: Path, num_processes: int = 2, env: dict | None = None, timeout: int = 300):
@@ -122,8 +136,14 @@ def test_one_process_with_batch_b_matches_two_with_b_over_2(tmp_path, option):
 
 def test_schedule_steps_once_per_optimizer_step_with_processes_and_accumulation(tmp_path):
     run = tmp_path / "run"
-    args = ["--train.batch_size=8", "--train.gradient_accumulation_steps=2", "--optim.warmup_steps=2",
-            "--train.log_every_steps=1", "--logging.tracker=none", f"--train.output_dir={run}"]  # fmt: skip
+    args = [
+        "--train.batch_size=8",
+        "--train.gradient_accumulation_steps=2",
+        "--optim.warmup_steps=2",
+        "--train.log_every_steps=1",
+        "--logging.tracker=none",
+        f"--train.output_dir={run}",
+    ]
     launch(args, tmp_path)
     info = read_json(run / "run_info.json")
     assert info["world_size"] == 2 and info["global_batch_size"] == 8 * 2 * 2
@@ -162,10 +182,31 @@ def test_two_nodes_on_one_machine(tmp_path):
     run = tmp_path / "run"
     procs = []
     for rank in (0, 1):
-        command = [ACCELERATE, "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank),
-                   "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-                   "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trainer", "--config", "tiny",
-                   "--logging.tracker=none", f"--train.output_dir={run}"]  # fmt: skip
+        command = [
+            ACCELERATE,
+            "launch",
+            "--multi_gpu",
+            "--num_machines",
+            "2",
+            "--machine_rank",
+            str(rank),
+            "--num_processes",
+            "2",
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "trainer",
+            "--config",
+            "tiny",
+            "--logging.tracker=none",
+            f"--train.output_dir={run}",
+        ]
         # LOGLEVEL=INFO: the launchers log their rendezvous and exit barrier, for a failure report.
         procs.append(start(command, tmp_path, {**os.environ, "PYTHONPATH": str(REPO), "LOGLEVEL": "INFO"}))
     outputs = wait_all(procs, timeout=300)
@@ -180,12 +221,18 @@ def test_two_nodes_on_one_machine(tmp_path):
 def test_word_vectors_read_by_the_main_process_reach_every_process(tmp_path):
     vectors = tmp_path / "vectors.txt"
     words = ["film", "movie", "great", "boring", "acting", "plot"]
-    vectors.write_text("".join(f"{w} " + " ".join(str((i + 1) * 0.01 * (k + 1)) for k in range(16)) + "\n"
-                               for i, w in enumerate(words)))  # fmt: skip
+    vectors.write_text(
+        "".join(
+            f"{w} " + " ".join(str((i + 1) * 0.01 * (k + 1)) for k in range(16)) + "\n" for i, w in enumerate(words)
+        )
+    )
     run = tmp_path / "run"
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
-    launch([f"--train.output_dir={run}", f"--model.pretrained_embeddings={vectors}", "--train.max_steps=3"],
-           tmp_path, env=env)  # fmt: skip
+    launch(
+        [f"--train.output_dir={run}", f"--model.pretrained_embeddings={vectors}", "--train.max_steps=3"],
+        tmp_path,
+        env=env,
+    )
     info = read_json(run / "run_info.json")
     assert info["world_size"] == 2
     stats = info["pretrained_embeddings"]

@@ -24,8 +24,13 @@ def trained(tmp_path_factory):
     """One tiny run (fresh process) whose exports and curves the tests below use."""
     work = tmp_path_factory.mktemp("trained")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(work / "cache")}
-    done = subprocess.run([sys.executable, "-m", "trainer", "--config", "tiny", f"--train.output_dir={work}/run"],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "--config", "tiny", f"--train.output_dir={work}/run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return work / "run"
 
@@ -113,10 +118,21 @@ def test_evaluate_rejects_a_label_the_model_does_not_know(trained, tmp_path):
 def test_evaluate_summary_counts_in_the_singular_and_plural():
     from trainer.evaluate import show
 
-    result = {"model": "m", "data": "d.csv", "n": 3, "labels": ["negative", "positive"], "accuracy": 0.5,
-              "confusion_matrix": [[1, 0], [1, 1]], "max_length": 64, "skipped_rows": 1, "truncated": 2}  # fmt: skip
-    assert show(result).splitlines()[0] == "m on d.csv: 3 examples (1 row without a text or label skipped; " \
-        "2 texts truncated to 64 tokens)"  # fmt: skip
+    result = {
+        "model": "m",
+        "data": "d.csv",
+        "n": 3,
+        "labels": ["negative", "positive"],
+        "accuracy": 0.5,
+        "confusion_matrix": [[1, 0], [1, 1]],
+        "max_length": 64,
+        "skipped_rows": 1,
+        "truncated": 2,
+    }
+    assert (
+        show(result).splitlines()[0] == "m on d.csv: 3 examples (1 row without a text or label skipped; "
+        "2 texts truncated to 64 tokens)"
+    )
     result |= {"skipped_rows": 0, "truncated": 1, "model": ["a", "b"]}
     assert show(result).splitlines()[0] == "the ensemble of a, b on d.csv: 3 examples (1 text truncated to 64 tokens)"
 
@@ -181,7 +197,7 @@ def less_sure_copy(model_dir: Path, out: Path) -> Path:
     first 12 tokens (so it orders texts by length unlike the original)."""
     from safetensors.torch import load_file, save_file
 
-    from trainer.checkpoint import _sha256
+    from trainer.export import sha256_file
 
     shutil.copytree(model_dir, out)
     weights = load_file(str(out / "model.safetensors"))
@@ -189,7 +205,7 @@ def less_sure_copy(model_dir: Path, out: Path) -> Path:
     weights["classifier.bias"] = weights["classifier.bias"] + 0.5
     save_file(weights, str(out / "model.safetensors"))
     config = json.loads((out / "config.json").read_text())
-    changed = {"max_length": 12, "weights_sha256": _sha256(out / "model.safetensors")}  # new weights, on purpose
+    changed = {"max_length": 12, "weights_sha256": sha256_file(out / "model.safetensors")}  # new weights, on purpose
     (out / "config.json").write_text(json.dumps(config | changed))
     return out
 
@@ -231,9 +247,12 @@ def test_an_ensemble_of_models_with_other_labels_or_asked_to_explain_is_refused(
     cases = [
         ("evaluate", [*models, "--data", str(data)], f"{renamed} has the labels bad, good and {trained / 'best'}"),
         ("predict", [*models, "a text"], f"{renamed} has the labels bad, good and {trained / 'best'}"),
-        ("predict", ["--model", str(trained / "best"), "--model", str(trained / "final"), "--explain", "a text"],
-         "give a single --model"),
-    ]  # fmt: skip
+        (
+            "predict",
+            ["--model", str(trained / "best"), "--model", str(trained / "final"), "--explain", "a text"],
+            "give a single --model",
+        ),
+    ]
     for module, args, message in cases:
         done = cli(module, args, tmp_path)
         assert done.returncode == 2 and message in done.stderr, (module, done.stderr[-2000:])
@@ -250,8 +269,14 @@ def test_evaluate_and_predict_exit_quietly_when_their_reader_leaves(trained, tmp
         ["predict", "--model", str(trained / "best"), *[f"text {i}" for i in range(2000)]],
     ]
     for args in cases:
-        process = subprocess.Popen([sys.executable, "-m", f"trainer.{args[0]}", *args[1:]], cwd=tmp_path, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"trainer.{args[0]}", *args[1:]],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         process.stdout.close()  # the reader leaves before the first line (as `| head -0` would)
         stderr = process.stderr.read()
         assert process.wait(timeout=300) == 0, stderr[-2000:]

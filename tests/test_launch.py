@@ -18,11 +18,16 @@ def test_every_accelerate_config_loads_with_accelerates_own_loader():
     expected = {
         "cpu.yaml": {"distributed_type": "NO", "use_cpu": True, "num_processes": 1, "mixed_precision": "no"},
         "cpu_multi.yaml": {"distributed_type": "MULTI_GPU", "num_processes": 2, "num_machines": 1},
-        "gpu.yaml": {"distributed_type": "NO", "num_processes": 1, "gpu_ids": "0", "mixed_precision": "bf16"},
-        "multi_gpu.yaml": {"distributed_type": "MULTI_GPU", "num_processes": 8, "mixed_precision": "bf16"},
-        "multi_node.yaml": {"distributed_type": "MULTI_GPU", "num_machines": 4, "num_processes": 32,
-                            "rdzv_backend": "c10d", "machine_rank": 0},
-    }  # fmt: skip
+        "gpu.yaml": {"distributed_type": "NO", "num_processes": 1, "gpu_ids": "0", "mixed_precision": "no"},
+        "multi_gpu.yaml": {"distributed_type": "MULTI_GPU", "num_processes": 8, "mixed_precision": "no"},
+        "multi_node.yaml": {
+            "distributed_type": "MULTI_GPU",
+            "num_machines": 4,
+            "num_processes": 32,
+            "rdzv_backend": "c10d",
+            "machine_rank": 0,
+        },
+    }
     assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(expected)
     for name, fields in expected.items():
         config = load_config_from_file(str(CONFIGS / name)).to_dict()
@@ -40,9 +45,14 @@ def test_a_failing_launcher_stops_the_others_at_once(tmp_path):
     """wait_all, which the multi-node tests use: a failure ends the wait and reports every process."""
     started = time.monotonic()
     # The failing one waits until the other has written its line: the report must carry both.
-    procs = [start(["bash", "-c", "echo waiting >&2; touch ready; sleep 60"], tmp_path, dict(os.environ)),
-             start(["bash", "-c", "until [ -e ready ]; do sleep 0.05; done; echo broken >&2; exit 3"],
-                   tmp_path, dict(os.environ))]  # fmt: skip
+    procs = [
+        start(["bash", "-c", "echo waiting >&2; touch ready; sleep 60"], tmp_path, dict(os.environ)),
+        start(
+            ["bash", "-c", "until [ -e ready ]; do sleep 0.05; done; echo broken >&2; exit 3"],
+            tmp_path,
+            dict(os.environ),
+        ),
+    ]
     with pytest.raises(pytest.fail.Exception) as failure:
         wait_all(procs, timeout=60)
     assert time.monotonic() - started < 10
@@ -72,9 +82,19 @@ def test_sweep_trial_trains_through_train_sh_into_a_folder_per_wandb_run(tmp_pat
     stand_in.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
     stand_in.chmod(0o755)
     env = {**os.environ, "WANDB_RUN_ID": "abc123", "SWEEP_ARGS": "--data.train_files=my.csv --train.epochs=2"}
-    done = subprocess.run(["bash", str(tmp_path / "launch" / "sweep_trial.sh"), "--optim.lr=0.002"], env=env,
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(tmp_path / "launch" / "sweep_trial.sh"), "--optim.lr=0.002"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert done.stdout.splitlines() == [
-        "--config", "imdb", "--data.train_files=my.csv", "--train.epochs=2", "--logging.tracker=wandb",
-        f"--train.output_dir={tmp_path}/runs/sweep-abc123", "--optim.lr=0.002",
-    ]  # fmt: skip
+        "--config",
+        "imdb",
+        "--data.train_files=my.csv",
+        "--train.epochs=2",
+        "--logging.tracker=wandb",
+        f"--train.output_dir={tmp_path}/runs/sweep-abc123",
+        "--optim.lr=0.002",
+    ]

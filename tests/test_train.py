@@ -9,9 +9,10 @@ import yaml
 from accelerate import Accelerator
 from conftest import evaluate_export, read_json, read_jsonl, review_rows, run_cli, write_csv
 
+from trainer.cli import main
+from trainer.loss import training_loss
 from trainer.model import ModelConfig, SentimentRNN, classification_loss
 from trainer.optim import OptimConfig, build_optimizer
-from trainer.train import main, training_loss
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerator_state")]
 

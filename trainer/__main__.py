@@ -2,6 +2,6 @@
 
 import sys
 
-from trainer.train import main
+from trainer.cli import main
 
 sys.exit(main())

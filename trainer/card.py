@@ -27,10 +27,12 @@ def model_card(meta: dict, config_yaml: str, config: dict, stats: dict) -> str:
     kind = f"{model['num_layers']}-layer {'bidirectional ' if model['bidirectional'] else ''}{model['cell'].upper()}"
     metrics = meta.get("metrics") or {}
     rows = [
-        f"| {name} | {metrics[name]:.4f} |" if isinstance(metrics[name], float) and math.isfinite(metrics[name])
+        f"| {name} | {metrics[name]:.4f} |"
+        if isinstance(metrics[name], float) and math.isfinite(metrics[name])
         else f"| {name} | {metrics[name]} |"
-        for name in METRIC_ORDER if name in metrics
-    ]  # fmt: skip
+        for name in METRIC_ORDER
+        if name in metrics
+    ]
     decay = config["train"].get("ema_decay")
     averaged = f"\nThe weights are an exponential moving average of the trained ones (decay {decay})." if decay else ""
     validation = "carved from the training data" if stats.get("validation_carved") else "the given validation split"

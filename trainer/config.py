@@ -46,11 +46,11 @@ class TrainConfig:
             "(global / (batch_size x processes)), so a run keeps it, and resumes, on any process count"
         },
     )
-    mixed_precision: str | None = field(
-        default=None,
+    mixed_precision: str = field(
+        default="auto",
         metadata={
             "help": "no, fp16, bf16, or auto: bf16 where the hardware runs it natively (a GPU with bf16, a CPU "
-            "with AVX512-BF16/AMX), fp16 on older GPUs, else no (default: the accelerate config's, else no)"
+            "with AVX512-BF16/AMX), fp16 on older GPUs, else no; the accelerate config's mixed_precision is not used"
         },
     )
     seed: int = field(default=42, metadata={"help": "seed of weights, dropout and batch order"})
@@ -75,8 +75,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mixed_precision == "False":  # `mixed_precision: no` unquoted in a YAML file
             self.mixed_precision = "no"
-        if self.mixed_precision is not None:
-            check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
+        check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
         for key in ("epochs", "batch_size", "gradient_accumulation_steps", "log_every_steps"):
             check_range(f"train.{key}", getattr(self, key), 1)
         for key in ("max_steps", "eval_batch_size", "global_batch_size"):
@@ -273,4 +272,3 @@ if __name__ == "__main__":  # python -m trainer.config FILE.md: rewrite FILE's r
 
     target = Path(sys.argv[1])
     target.write_text(with_reference(target.read_text(encoding="utf-8")), encoding="utf-8")
-

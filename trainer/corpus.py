@@ -25,47 +25,50 @@ from trainer.errors import check_range
 # Bump when the generator changes: it is part of the cache keys of generated data.
 CORPUS_VERSION = 1
 
+# fmt: off
+# The generator's vocabulary: lists read as paragraphs, not as one phrase per line.
 FILM = ["the film", "the movie", "this film", "this movie", "the picture", "this picture", "the whole thing"]
 ASPECTS = [
     "the acting", "the plot", "the script", "the soundtrack", "the cinematography", "the dialogue",
     "the pacing", "the ending", "the cast", "the lead actor", "the villain", "the special effects",
     "the editing", "the direction", "the score", "the costumes", "the humor", "the opening scene",
     "the supporting cast", "the final act", "the camera work", "the set design",
-]  # fmt: skip
+]
 POSITIVE = [
     "great", "wonderful", "brilliant", "excellent", "superb", "charming", "moving", "gripping",
     "delightful", "stunning", "clever", "engaging", "beautiful", "fantastic", "memorable", "solid",
     "enjoyable", "impressive", "touching", "fresh", "smart", "powerful", "lovely", "gorgeous",
-]  # fmt: skip
+]
 NEGATIVE = [
     "terrible", "awful", "boring", "dull", "clumsy", "tedious", "weak", "bland", "painful",
     "forgettable", "lifeless", "messy", "predictable", "disappointing", "lazy", "poor", "dreadful",
     "flat", "annoying", "silly", "shallow", "sloppy", "tiresome", "ugly",
-]  # fmt: skip
+]
 COPULAS = ["is", "was", "feels", "felt", "seems", "seemed", "turned out to be", "ended up", "comes across as"]
 NEGATED_COPULAS = [
     "is not", "was not", "isn't", "wasn't", "never feels", "is hardly", "is far from", "was far from",
     "is anything but", "was anything but", "is by no means", "is never", "did not feel", "does not seem",
-]  # fmt: skip
+]
 INTENSIFIERS = ["", "", "", "very", "really", "truly", "quite", "extremely", "incredibly", "rather",
-                "pretty", "somewhat", "a bit", "so", "genuinely", "downright"]  # fmt: skip
+                "pretty", "somewhat", "a bit", "so", "genuinely", "downright"]
 HEDGES = ["", "", "", "", "in my opinion, ", "honestly, ", "to be fair, ", "frankly, ", "i think ", "sadly, ",
-          "thankfully, ", "surprisingly, "]  # fmt: skip
+          "thankfully, ", "surprisingly, "]
 CHARACTERS = ["a young detective", "a retired boxer", "a small-town teacher",
               "a lonely astronaut", "an ambitious chef", "a former soldier",
-              "a struggling musician", "a stubborn farmer", "a newspaper reporter", "a young widow"]  # fmt: skip
+              "a struggling musician", "a stubborn farmer", "a newspaper reporter", "a young widow"]
 ACTIONS = ["tries to start over", "searches for a missing brother", "plans one last job",
            "returns home after years away", "prepares for a big competition", "uncovers an old secret",
-           "falls in love", "fights to save the family business", "goes on a long road trip"]  # fmt: skip
+           "falls in love", "fights to save the family business", "goes on a long road trip"]
 PLACES = ["in a quiet coastal town", "in new york", "during a long winter", "in the nineteen seventies",
-          "on a remote island", "in a crowded city", "somewhere in the desert", "in post-war london"]  # fmt: skip
+          "on a remote island", "in a crowded city", "somewhere in the desert", "in post-war london"]
 NEUTRAL = [
     "i watched it on a rainy sunday afternoon.", "it runs a little over two hours.",
     "i saw it with my brother.", "it was released last year.", "the trailer gives away a lot.",
     "it is based on a novel i have not read.", "my friend recommended it to me.",
     "i went in knowing almost nothing about it.", "it is the director's third feature.",
     "there is a short scene after the credits.",
-]  # fmt: skip
+]
+# fmt: on
 
 
 @dataclass

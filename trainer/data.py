@@ -99,7 +99,7 @@ class DataConfig:
         },
     )
     cv_fold: int = field(default=0, metadata={"help": "which fold (0 .. cv_folds-1) is the validation split"})
-    max_length: int = field(default=256, metadata={"help": "truncate texts to this many tokens"})
+    max_length: int = field(default=128, metadata={"help": "truncate texts to this many tokens"})
     max_train_examples: int | None = field(default=None, metadata={"help": "use at most this many training rows"})
     max_eval_examples: int | None = field(default=None, metadata={"help": "use at most this many validation rows"})
     group_by_length: bool = field(
@@ -432,8 +432,13 @@ def load_raw_splits(config: DataConfig) -> dict[str, datasets.Dataset | None]:
     return {"train": splits[config.train_split], "validation": splits[split] if split else None}
 
 
-def load_labelled(source: str, split: str = "test", text_column: str = "text", label_column: str = "label",
-                  config_name: str | None = None) -> tuple[datasets.Dataset, int]:  # fmt: skip
+def load_labelled(
+    source: str,
+    split: str = "test",
+    text_column: str = "text",
+    label_column: str = "label",
+    config_name: str | None = None,
+) -> tuple[datasets.Dataset, int]:
     """A labelled split from a local file (``source`` is a path) or the Hub (``split`` of ``source``).
 
     Returns (dataset with ``text`` and raw ``label`` columns, rows dropped for an empty text or label).
@@ -482,10 +487,13 @@ def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> dat
         names = label_feature.names
         # -1 marks an unlabelled row (e.g. GLUE test splits): it becomes a missing label, dropped later.
         ds = ds.map(
-            lambda b: {config.label_column: [names[int(v)] if 0 <= int(v) < len(names) else None
-                                             for v in b[config.label_column]]},
+            lambda b: {
+                config.label_column: [
+                    names[int(v)] if 0 <= int(v) < len(names) else None for v in b[config.label_column]
+                ]
+            },
             batched=True,
-        )  # fmt: skip
+        )
     if config.text_column != "text":
         ds = ds.rename_column(config.text_column, "text")
     if config.label_column != "label":
@@ -598,8 +606,10 @@ def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) ->
 
     if config.cv_folds:
         if "validation" in splits:
-            raise UserError("data.cv_folds needs data without a validation split (set --data.validation_split=null, "
-                            "or give no --data.validation_files)")  # fmt: skip
+            raise UserError(
+                "data.cv_folds needs data without a validation split (set --data.validation_split=null, "
+                "or give no --data.validation_files)"
+            )
         if len(splits["train"]) < config.cv_folds:
             raise UserError(f"{len(splits['train'])} rows cannot be cut into {config.cv_folds} folds")
         # Fold k: every k-th example of one seeded permutation; the folds partition the data.

@@ -29,13 +29,14 @@ import torch
 from accelerate import Accelerator, PartialState
 from torch.utils.data import DataLoader
 
-from trainer.checkpoint import load_exported
+from trainer.collective import report
 from trainer.data import PaddingCollator, encode_labels, lengths_of, load_labelled, tokenize
 from trainer.errors import UserError, exit_for, stdout_closed
+from trainer.export import load_exported
 from trainer.inference import check_same_labels
 from trainer.labels import LabelMap
 from trainer.metrics import classification_metrics
-from trainer.train import gather_predictions, report
+from trainer.validation import gather_predictions
 
 
 def confusion_matrix(probabilities: torch.Tensor, labels: torch.Tensor) -> list[list[int]]:
@@ -128,8 +129,12 @@ def show(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, action="append",
-                        help="an exported model folder (runs/<run>/best); repeat it for an ensemble")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="an exported model folder (runs/<run>/best); repeat it for an ensemble",
+    )
     parser.add_argument("--data", required=True, help="a csv/tsv/json/jsonl/parquet file, or a Hub dataset name")
     parser.add_argument("--split", default="test", help="the Hub split to evaluate (default test)")
     parser.add_argument("--config-name", help="the Hub dataset configuration")

@@ -56,8 +56,10 @@ def _html_text(explanation: Explanation) -> str:
             parts.append("<br>".join(html.escape(part) for part in BREAK.split(piece)))
             continue
         alpha = weight / peak
-        parts.append(f'<span class="t" style="background:rgba(255,130,0,{alpha:.3f})" '
-                     f'title="{weight:.4f}">{html.escape(piece)}</span>')  # fmt: skip
+        parts.append(
+            f'<span class="t" style="background:rgba(255,130,0,{alpha:.3f})" '
+            f'title="{weight:.4f}">{html.escape(piece)}</span>'
+        )
     return "".join(parts)
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from tokenizers import Encoding, Tokenizer
 
-from trainer.checkpoint import load_exported
 from trainer.errors import UserError
+from trainer.export import load_exported
 from trainer.model import class_probabilities
 from trainer.tokenizer import pad_batch, truncating_copy
 

@@ -10,10 +10,17 @@ from trainer.errors import UserError
 # Canonical sentiment names in id order; any spelling below maps onto them.
 SENTIMENT_ORDER = ["negative", "neutral", "positive"]
 SYNONYMS = {
-    "negative": "negative", "neg": "negative", "bad": "negative", "false": "negative",
-    "neutral": "neutral", "neu": "neutral",
-    "positive": "positive", "pos": "positive", "good": "positive", "true": "positive",
-}  # fmt: skip
+    "negative": "negative",
+    "neg": "negative",
+    "bad": "negative",
+    "false": "negative",
+    "neutral": "neutral",
+    "neu": "neutral",
+    "positive": "positive",
+    "pos": "positive",
+    "good": "positive",
+    "true": "positive",
+}
 
 
 def _as_number(value: object) -> int | None:

@@ -27,11 +27,11 @@ CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 class ModelConfig:
     cell: str = field(default="lstm", metadata={"help": "recurrent cell: lstm, gru or rnn"})
     embedding_dim: int = field(default=64, metadata={"help": "token embedding size"})
-    hidden_dim: int = field(default=256, metadata={"help": "hidden size of each direction"})
-    num_layers: int = field(default=2, metadata={"help": "stacked recurrent layers"})
-    bidirectional: bool = field(default=False, metadata={"help": "add a backward direction"})
+    hidden_dim: int = field(default=64, metadata={"help": "hidden size of each direction"})
+    num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers"})
+    bidirectional: bool = field(default=True, metadata={"help": "add a backward direction"})
     dropout: float = field(
-        default=0.5, metadata={"help": "dropout on embeddings, between layers and before the classifier"}
+        default=0.2, metadata={"help": "dropout on embeddings, between layers and before the classifier"}
     )
     embedding_dropout: float = field(
         default=0.0,

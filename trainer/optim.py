@@ -14,13 +14,13 @@ SCHEDULES = ("constant", "linear", "cosine")
 
 @dataclass
 class OptimConfig:
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (the reference article's Adam 1e-3)"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay (0 = Adam)"})
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "AdamW betas"})
     eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
     schedule: str = field(default="linear", metadata={"help": "after warm-up: constant, linear or cosine decay"})
     warmup_steps: int = field(default=0, metadata={"help": "warm-up optimizer steps (overrides warmup_ratio)"})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "warm-up as a share of all optimizer steps"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "warm-up as a share of all optimizer steps"})
     min_lr_ratio: float = field(default=0.0, metadata={"help": "final learning rate as a share of lr"})
     max_grad_norm: float = field(default=5.0, metadata={"help": "clip gradients to this norm (0 = no clipping)"})
     embedding_lr_scale: float = field(

@@ -133,5 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def draw_plots(run_dir: Path) -> None:
+    """The run's curves into run_dir/plots; a drawing problem must not fail a finished run."""
+    try:
+        plot_run(run_dir)
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        print(
+            f"warning: could not draw the plots ({problem}); retry with python -m trainer.plot {run_dir}",
+            file=sys.stderr,
+        )
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -120,8 +120,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  most attended: {top or '(no tokens)'}")
     truncated = sum(r.truncated for r in results)
     if truncated:
-        print(f"note: {truncated} of {len(results)} texts had more than {model.max_length} tokens and were "
-              f"truncated to the first {model.max_length} (the model's max_length)", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: {truncated} of {len(results)} texts had more than {model.max_length} tokens and were "
+            f"truncated to the first {model.max_length} (the model's max_length)",
+            file=sys.stderr,
+        )
     if args.html:
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
         Path(args.html).write_text(html_page(results, f"Attention of {args.model[0]}"), encoding="utf-8")
@@ -132,8 +135,12 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.splitlines()[0])
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
-    parser.add_argument("--model", required=True, action="append",
-                        help="an exported model folder (runs/<run>/best); repeat it for an ensemble")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="an exported model folder (runs/<run>/best); repeat it for an ensemble",
+    )
     parser.add_argument("--file", help="texts from a .txt, .csv, .tsv or .jsonl file (- for stdin)")
     parser.add_argument("--text-column", default="text", help="the text column/field of a csv or jsonl file")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -4,7 +4,7 @@ The signal may reach the processes at different moments (or only some of them); 
 combined across processes at every optimizer step, so all of them stop after the same step.
 SIGUSR1 is the time-limit warning (``#SBATCH --signal=USR1@N``, or launch/slurm.sbatch passing on
 its ``B:USR1``): under SLURM the main process then requeues the job (``scontrol requeue``), and
-the requeued job resumes with ``--checkpoint.resume=auto``. SIGTERM is what ``scancel`` and a
+the requeued job resumes with ``--resume auto``. SIGTERM is what ``scancel`` and a
 preemption send: the run checkpoints and stops, and is not requeued by us (a cancelled job must
 stay cancelled; SLURM requeues a preempted one itself where its partition says so). When both
 came, SIGTERM wins.

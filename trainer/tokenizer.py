@@ -23,8 +23,8 @@ class TokenizerConfig:
     path: str | None = field(
         default=None, metadata={"help": "an existing tokenizer.json to use instead of training one"}
     )
-    model: str = field(default="wordpiece", metadata={"help": "wordpiece, wordlevel or bpe"})
-    vocab_size: int = field(default=20000, metadata={"help": "largest vocabulary, special tokens included"})
+    model: str = field(default="wordlevel", metadata={"help": "wordlevel (whole words), wordpiece or bpe"})
+    vocab_size: int = field(default=2000, metadata={"help": "largest vocabulary, special tokens included"})
     min_frequency: int = field(default=2, metadata={"help": "drop tokens seen fewer times in training texts"})
     lowercase: bool = field(default=True, metadata={"help": "lowercase before tokenising"})
     train_sample: int | None = field(

@@ -66,3 +66,16 @@ def tracker_setup(config: LoggingConfig, run_dir: Path) -> tuple[list[str], dict
     if config.entity:
         kwargs["entity"] = config.entity
     return ["wandb"], {"wandb": kwargs}, note
+
+
+def flatten(tree: dict, prefix: str = "", scalars_only: bool = False) -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; TensorBoard's hparams take only scalars (lists, None -> str)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.", scalars_only)
+        elif scalars_only and not isinstance(value, (int, float, str, bool)):
+            flat[f"{prefix}{key}"] = str(value)
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

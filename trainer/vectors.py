@@ -57,3 +57,11 @@ def initialise_embedding(embedding: torch.nn.Embedding, vectors: dict[int, torch
     with torch.no_grad():
         for token_id, vector in vectors.items():
             embedding.weight[token_id] = vector
+
+
+def initialise_from_file(embedding: torch.nn.Embedding, path: str | Path, tokenizer: Tokenizer) -> dict:
+    """``embedding``'s rows of the tokens found in the word-vector file ``path`` set to their
+    vectors (the others keep their initialisation); returns the statistics."""
+    vectors, stats = load_word_vectors(path, tokenizer, embedding.embedding_dim)
+    initialise_embedding(embedding, vectors)
+    return stats
