@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO
 
 
+@pytest.mark.slow  # starts a process
 def test_gpu_check_runs_its_code_on_the_cpu_and_writes_its_result(tmp_path):
     out = tmp_path / "result.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -25,13 +26,14 @@ def test_gpu_check_runs_its_code_on_the_cpu_and_writes_its_result(tmp_path):
     assert check["passed"] and check["float32_max_abs_diff"] == 0.0
     assert check["padding_invariance_max_abs_diff"] < 1e-5
     runs = result["tiny"]
-    for name in ("ours_fp32", "ours_bf16", "seed_fp32", "packed_fp32"):
+    for name in ("ours_fp32", "ours_bf16", "reference_fp32", "packed_fp32"):
         assert runs[name]["tokens_per_s"] > 0 and runs[name]["tflops"] > 0
     # 2 layers, bidirectional, E = H = 16: 3 x 2 x 8 x 16 x ((16 + 16) + (32 + 16)) FLOPs per token
     assert runs["training_flops_per_token"] == 3 * 2 * 8 * 16 * (32 + 48)
     assert result["trainer_run"]["steps"] == 20 and result["trainer_run"]["device"] == "cpu"
 
 
+@pytest.mark.slow  # starts a process
 def test_gpu_script_refuses_a_machine_without_a_gpu(tmp_path):
     fake = tmp_path / "nvidia-smi"  # what nvidia-smi does where there is no GPU
     fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
@@ -44,6 +46,7 @@ def test_gpu_script_refuses_a_machine_without_a_gpu(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow  # starts a process
 def test_accuracy_script_reports_the_model_asked_for_over_seeds(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
     command = [
@@ -69,6 +72,7 @@ def test_accuracy_script_reports_the_model_asked_for_over_seeds(tmp_path):
     assert result["accuracy_mean"] == result["final_accuracy_mean"]
 
 
+@pytest.mark.slow  # starts a process
 def test_accuracy_script_trains_every_seed_on_every_fold_and_scores_their_ensemble(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
     # Seed 1 twice: each fold's ensemble is of two copies of one model, so it must score exactly as

@@ -162,7 +162,7 @@ def test_imdb_from_shared_data_tokenises(tmp_path):
     data = prepare(tmp_path, train_files=[str(path)], max_train_examples=2000, max_eval_examples=500)
     assert len(data.train) == 2000 and len(data.validation) == 500
     assert set(data.train["label"]) == {0, 1}
-    assert max(data.train["length"]) == 256
+    assert max(data.train["length"]) == DataConfig().max_length  # long reviews are cut
 
 
 def test_too_few_examples_for_the_processes():
@@ -405,6 +405,7 @@ def test_each_batch_knows_the_examples_of_its_step(n, split):
         assert sampler.step_examples(micro_batch) == sum(len(r[k]) for r in per_rank for k in in_step)
 
 
+@pytest.mark.slow  # starts a process
 def test_tokenising_in_processes_gives_the_same_ids_and_any_complete_cache_is_read(tmp_path):
     texts = [f"review {i} was {'good' if i % 3 else 'bad'} " * (1 + i % 9) for i in range(3000)]
     ds = datasets.Dataset.from_dict({"text": texts})

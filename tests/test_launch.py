@@ -36,11 +36,13 @@ def test_every_accelerate_config_loads_with_accelerates_own_loader():
             assert actual == value, f"{name}: {key}={actual!r}, expected {value!r}"
 
 
+@pytest.mark.slow  # starts a process
 def test_launch_scripts_are_valid_bash():
     for script in ("setup.sh", "train.sh", "test.sh", "slurm.sbatch", "sweep_trial.sh"):
         subprocess.run(["bash", "-n", str(REPO / "launch" / script)], check=True)
 
 
+@pytest.mark.slow  # starts a process
 def test_a_failing_launcher_stops_the_others_at_once(tmp_path):
     """wait_all, which the multi-node tests use: a failure ends the wait and reports every process."""
     started = time.monotonic()
@@ -75,6 +77,7 @@ def test_sweep_parameters_are_valid_trainer_overrides():
             assert getattr(getattr(config, section), name) == value
 
 
+@pytest.mark.slow  # starts a process
 def test_sweep_trial_trains_through_train_sh_into_a_folder_per_wandb_run(tmp_path):
     (tmp_path / "launch").mkdir()
     shutil.copy(REPO / "launch" / "sweep_trial.sh", tmp_path / "launch")

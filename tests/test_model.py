@@ -77,6 +77,7 @@ def test_bf16_autocast_is_finite_and_close_to_fp32():
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
+@pytest.mark.slow  # starts a process
 def test_model_imports_no_training_stack():
     code = (
         "import sys, trainer.model; print(sorted(m for m in ('accelerate', 'datasets', 'wandb') if m in sys.modules))"

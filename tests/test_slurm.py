@@ -70,7 +70,8 @@ class Cluster:
             if fields["JobState"] in states and (restarts is None or int(fields["Restarts"]) == restarts):
                 return fields
             if time.monotonic() > deadline:
-                now = f"{fields['JobState']} (restarts {fields['Restarts']})"
+                now = f"{fields['JobState']} (restarts {fields['Restarts']}, reason {fields.get('Reason')}, "
+                now += f"begin time {fields.get('BeginTime')})"
                 pytest.fail(f"job {job} is {now} after {timeout}s, expected {states}\n{self.run('sinfo', '-N')}")
             time.sleep(0.5)
 
