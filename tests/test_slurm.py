@@ -253,6 +253,23 @@ def test_a_job_array_refuses_one_run_folder_for_all_tasks(cluster, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def resize(cluster: Cluster, job: str, nodes: int, timeout: float = 120) -> None:
+    """The requeued (pending) job's next allocation: so many nodes, one task (launcher) on each;
+    returns once the job has left the queue.
+
+    Now and then SLURM 22.05 marks the job BadConstraints after the update, and it stays so until
+    the job is modified again (seen twice in full test runs, never alone): then the two fields are
+    updated again, one at a time."""
+    deadline = time.monotonic() + timeout
+    cluster.run("scontrol", "update", f"jobid={job}", f"numnodes={nodes}-{nodes}", f"numtasks={nodes}")
+    while (fields := cluster.job(job))["JobState"] == "PENDING":
+        if fields.get("Reason") == "BadConstraints":
+            cluster.run("scontrol", "update", f"jobid={job}", f"numnodes={nodes}-{nodes}")
+            cluster.run("scontrol", "update", f"jobid={job}", f"numtasks={nodes}")
+        assert time.monotonic() < deadline, f"job {job} still pending after resizing: {fields.get('Reason')}"
+        time.sleep(1)
+
+
 @pytest.mark.parametrize("nodes", [(2, 1), (1, 2)], ids=["2-to-1-node", "1-to-2-nodes"])
 def test_a_requeued_job_resumes_on_another_node_count_with_the_same_global_batch(cluster, reference, tmp_path, nodes):
     first, second = nodes
@@ -263,8 +280,7 @@ def test_a_requeued_job_resumes_on_another_node_count_with_the_same_global_batch
     wait_for_training(run)
     cluster.run("scancel", "-b", "--signal=USR1", job)
     cluster.wait(job, {"PENDING"}, timeout=60, restarts=1)
-    # The next allocation differs: so many nodes, one task (launcher) on each.
-    cluster.run("scontrol", "update", f"jobid={job}", f"numnodes={second}-{second}", f"numtasks={second}")
+    resize(cluster, job, second)
     fields = cluster.wait(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=240)
     text = log.read_text()
     assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", text[-3000:]
