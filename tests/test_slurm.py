@@ -253,22 +253,6 @@ def test_a_job_array_refuses_one_run_folder_for_all_tasks(cluster, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def resize(cluster: Cluster, job: str, nodes: int, timeout: float = 120) -> None:
-    """The requeued (pending) job's next allocation: so many nodes, one task (launcher) on each;
-    returns once the job has left the queue.
-
-    Should SLURM mark the job BadConstraints after the update (seen with 2 -> 1 nodes, which stays so
-    until the job is modified again), the two fields are updated again, one at a time."""
-    deadline = time.monotonic() + timeout
-    cluster.run("scontrol", "update", f"jobid={job}", f"numnodes={nodes}-{nodes}", f"numtasks={nodes}")
-    while (fields := cluster.job(job))["JobState"] == "PENDING":
-        if fields.get("Reason") == "BadConstraints":
-            cluster.run("scontrol", "update", f"jobid={job}", f"numnodes={nodes}-{nodes}")
-            cluster.run("scontrol", "update", f"jobid={job}", f"numtasks={nodes}")
-        assert time.monotonic() < deadline, f"job {job} still pending after resizing: {fields.get('Reason')}"
-        time.sleep(1)
-
-
 # 2 -> 1 node is not here: in full test runs (never alone) SLURM 22.05 kept the resized job pending
 # for minutes on idle nodes, first as BadConstraints, then with no reason. The resume itself is the
 # same code path as 1 -> 2, and a process-count change within a node is tested in test_checkpoint.py.
@@ -282,7 +266,8 @@ def test_a_requeued_job_resumes_on_another_node_count_with_the_same_global_batch
     wait_for_training(run)
     cluster.run("scancel", "-b", "--signal=USR1", job)
     cluster.wait(job, {"PENDING"}, timeout=60, restarts=1)
-    resize(cluster, job, second)
+    # The next allocation differs: so many nodes, one task (launcher) on each.
+    cluster.run("scontrol", "update", f"jobid={job}", f"numnodes={second}-{second}", f"numtasks={second}")
     fields = cluster.wait(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=240)
     text = log.read_text()
     assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", text[-3000:]

@@ -34,6 +34,11 @@ def main_decides(decide: Callable[[], T]) -> T:
     return value
 
 
+def from_main(value: object) -> object:
+    """The main process's ``value``, on every process."""
+    return broadcast_object_list([value])[0]
+
+
 def say(line: str) -> None:
     """Print on the main process only (``accelerator.print`` prints once per node)."""
     if PartialState().is_main_process:

@@ -219,10 +219,11 @@ def folder_splits(folder: str) -> tuple[dict[str, list[str]], bool]:
     return splits, patterns != {"train": ["**"]}
 
 
-def expand_files(entries: list[str], option: str, split: str = "train") -> list[str]:
+def expand_files(entries: list[str], option: str, split: str = "train", folders: dict | None = None) -> list[str]:
     """The data files that ``entries`` name: files as given, globs (``shards/*.parquet``, ``**`` too)
     and folders, each sorted by name. A folder gives its data files of ``split`` where its names say
-    splits (``folder_splits``), else all of them."""
+    splits (``folder_splits``, or its entry in ``folders`` where the caller has read it already),
+    else all of them."""
     files = []
     for entry in entries:
         if "://" in entry:
@@ -236,7 +237,7 @@ def expand_files(entries: list[str], option: str, split: str = "train") -> list[
                 raise UserError(f"no file matches {entry!r}; check {option} (quote a glob so the shell leaves it)")
             files += matched
         elif os.path.isdir(entry):
-            splits, named = folder_splits(entry)
+            splits, named = (folders or {}).get(entry) or folder_splits(entry)
             if not splits:
                 raise UserError(f"folder {entry} holds no csv, tsv, json, jsonl or parquet file; check {option}")
             if named and split not in splits:
@@ -254,18 +255,18 @@ def data_files(config: DataConfig) -> tuple[list[str], list[str]]:
     """The local train and validation files. Without ``validation_files``, a train folder whose
     names say splits gives its validation split (``validation_split``; auto: 'validation' where
     there is one), as a Hub dataset does."""
-    train = expand_files(config.train_files, "--data.train_files", config.train_split)
+    folders = {entry: folder_splits(entry) for entry in config.train_files if os.path.isdir(entry)}
+    train = expand_files(config.train_files, "--data.train_files", config.train_split, folders)
     if config.validation_files:
         return train, expand_files(config.validation_files, "--data.validation_files", "validation")
     if config.validation_split is None:
         return train, []
     split = "validation" if config.validation_split == "auto" else config.validation_split
     validation, found = [], set()
-    for entry in config.train_files:
-        if os.path.isdir(entry):
-            splits, named = folder_splits(entry)
-            found.update(splits if named else ())
-            validation += splits.get(split, []) if named else []
+    for splits, named in folders.values():
+        if named:
+            found.update(splits)
+            validation += splits.get(split, [])
     if found and config.validation_split != "auto" and not validation:  # a plain file or folder: carved
         raise UserError(
             f"--data.train_files has no split {split!r} (splits found: {', '.join(sorted(found)) or 'none'}); "

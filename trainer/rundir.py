@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
 from tokenizers import Tokenizer
 
 from trainer.checkpoint import CHECKPOINTS_DIR, find_resume_checkpoint
-from trainer.collective import main_decides, say
+from trainer.collective import from_main, main_decides, say
 from trainer.config import Config, to_yaml
 from trainer.errors import UserError, check_writable_dir
 from trainer.hardware import cpu_info
@@ -35,7 +34,7 @@ def resolve_run_dir(config: Config, preset: str) -> Path:
     name = config.train.output_dir
     if name is None:
         name = f"runs/{Path(preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        name = broadcast_object_list([name])[0]  # processes may start in different seconds
+        name = from_main(name)  # processes may start in different seconds
     run_dir = Path(name)
 
     def check() -> None:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import gather_object, set_seed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from trainer.card import model_card
 from trainer.checkpoint import TrainState, load_checkpoint
-from trainer.collective import main_decides, say
+from trainer.collective import from_main, main_decides, say
 from trainer.config import Config, to_yaml
 from trainer.data import Coordination, LengthGroupedBatchSampler, PreparedData, build_dataloaders, prepare_data
 from trainer.errors import UserError
@@ -82,7 +82,7 @@ def setup(config: Config, preset: str) -> Run:
     run_dir = resolve_run_dir(config, preset)
     log_with, tracker_kwargs, tracker_note = tracker_setup(config.logging, run_dir)
     # The main process's choice for all: processes on CPUs of different kinds must agree.
-    precision, why = broadcast_object_list([choose_precision(train.mixed_precision, on_cpu(config))])[0]
+    precision, why = from_main(choose_precision(train.mixed_precision, on_cpu(config)))
     accelerator = build_accelerator(config, log_with, run_dir, precision)
     set_seed(train.seed)
 
@@ -170,11 +170,6 @@ def setup(config: Config, preset: str) -> Run:
     )
     announce(run, tracker_note)
     return run
-
-
-def from_main(value: object) -> object:
-    """The main process's ``value``, on every process."""
-    return broadcast_object_list([value])[0]
 
 
 def run_setup(config: Config, accelerator: Accelerator, data: PreparedData, steps_per_epoch: int) -> dict:
