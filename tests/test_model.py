@@ -86,6 +86,17 @@ def test_model_imports_no_training_stack():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # starts a process
+def test_loading_a_model_for_inference_imports_neither_accelerate_nor_the_training_loop():
+    code = (
+        "import sys; from trainer import load_model; import trainer.inference, trainer.export; "
+        "heavy = ('accelerate', 'datasets', 'wandb', 'trainer.train', 'trainer.loop'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_word_vectors_initialise_the_embedding_rows_they_cover(tmp_path):
     from tokenizers import Tokenizer, models
 
