@@ -109,3 +109,18 @@ def test_accuracy_script_trains_every_seed_on_every_fold_and_scores_their_ensemb
     assert alone.returncode == 2 and "--ensemble needs two or more --seeds" in alone.stderr  # nothing to average
     beyond = subprocess.run([*command[:6], "0,3", *command[7:]], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert beyond.returncode == 2 and "--folds 0,3: give folds 0 to K-1 of --cv-folds K" in beyond.stderr
+
+
+@pytest.mark.slow  # starts a process
+def test_accuracy_script_repeats_the_runs_on_every_split_seed(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    script = str(REPO / "benchmarks" / "accuracy.py")
+    command = [sys.executable, script, "--no-bow", "--seeds", "1", "--split-seeds", "1,2", "--report", "final"]
+    done = subprocess.run(
+        [*command, "--", "--config", "tiny", "--train.epochs=1"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = json.loads(done.stdout.splitlines()[-1])["runs"]
+    assert [r["args"] for r in runs] == [["--data.split_seed=1"], ["--data.split_seed=2"]]
+    cache = tmp_path / "cache" / "sentiment-trainer" / "overlap"
+    assert len(list(cache.glob("*.json"))) == 2, "two validation splits were prepared"

@@ -165,6 +165,29 @@ def test_imdb_from_shared_data_tokenises(tmp_path):
     assert max(data.train["length"]) == DataConfig().max_length  # long reviews are cut
 
 
+def test_the_imdb_preset_validates_on_movies_it_does_not_train_on():
+    import csv
+    import gzip
+
+    from trainer.config import load_config
+    from trainer.data import clean_splits, load_raw_splits
+
+    path = shared_file("imdb", "train.csv.gz")
+    config = load_config("imdb", [f"--data.train_files={path}"]).data
+    assert config.group_column == "movie_id"
+    movies_of = {}
+    with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            movies_of.setdefault(row["text"], set()).add(row["movie_id"])
+    # 57 texts are posted under two titles (a series and its episode): only the others name their movie
+    movie_of = {text: movies.pop() for text, movies in movies_of.items() if len(movies) == 1}
+    splits, _, stats = clean_splits(load_raw_splits(config), config)
+    movies = {split: {movie_of[t] for t in ds["text"] if t in movie_of} for split, ds in splits.items()}
+    assert not movies["train"] & movies["validation"]
+    assert abs(len(splits["validation"]) - 2500) <= 30 and len(splits["train"]) + len(splits["validation"]) == 25000
+    assert stats["validation_groups"] >= len(movies["validation"]) > 250  # about 10% of 3,456 movies
+
+
 def test_too_few_examples_for_the_processes():
     with pytest.raises(UserError, match="cannot be shared"):
         LengthGroupedBatchSampler([3], 8, num_shards=2)
@@ -259,6 +282,84 @@ def test_cross_validation_folds_partition_the_data(tmp_path):
     both = DataConfig(train_files=[str(path)], validation_files=[str(path)], cv_folds=5)
     with pytest.raises(UserError, match="cv_folds needs data without a validation split"):
         clean_splits(load_raw_splits(both), both)
+
+
+def grouped_csv(path, groups: int = 40, seed: int = 0):
+    """Rows in groups of 1 to 9 (``movie_id`` m0, m1, ...), each text naming its row, plus a title column."""
+    sizes = [1 + (g * 7 + seed) % 9 for g in range(groups)]
+    rows = review_rows(sum(sizes), seed)
+    table, i = [], 0
+    for g, size in enumerate(sizes):
+        for _ in range(size):
+            text, label = rows[i]
+            table.append((f"row {i} {text}", label, f"m{g}", f"title {i}"))
+            i += 1
+    return write_csv(path, table, header=("text", "label", "movie_id", "title")), sizes
+
+
+@pytest.mark.parametrize("text_column", ["text", "title,text"])
+def test_a_carved_validation_split_keeps_each_group_on_one_side(tmp_path, text_column):
+    from trainer.data import clean_splits, load_raw_splits
+
+    path, sizes = grouped_csv(tmp_path / "grouped.csv")
+    group_of = {}
+    for g, size in enumerate(sizes):
+        for _ in range(size):
+            group_of[len(group_of)] = f"m{g}"
+
+    def groups(ds):
+        return {group_of[int(t.split("row ")[1].split()[0])] for t in ds["text"]}
+
+    seen = set()
+    for seed in (1, 2, 3):
+        options = {"group_column": "movie_id", "validation_fraction": 0.2, "split_seed": seed}
+        config = DataConfig(train_files=[str(path)], text_column=text_column, **options)
+        splits, _, stats = clean_splits(load_raw_splits(config), config)
+        train, validation = groups(splits["train"]), groups(splits["validation"])
+        assert not train & validation, "no group on both sides"
+        assert len(splits["train"]) + len(splits["validation"]) == sum(sizes)
+        assert abs(len(splits["validation"]) - 0.2 * sum(sizes)) <= max(sizes) / 2  # the fraction, within half a group
+        assert splits["train"].column_names == ["text", "label"]  # the groups do not go on to tokenisation
+        assert stats["validation_groups"] == len(validation) and stats["train_groups"] == len(train)
+        seen.add(frozenset(validation))
+    assert len(seen) == 3, "each split seed carves other groups"
+    random = DataConfig(train_files=[str(path)], validation_fraction=0.2, split_seed=1)
+    splits, _, _ = clean_splits(load_raw_splits(random), random)
+    assert groups(splits["train"]) & groups(splits["validation"]), "without group_column groups straddle the split"
+
+
+def test_group_folds_partition_the_groups_and_the_rows(tmp_path):
+    from trainer.data import clean_splits, load_raw_splits
+
+    path, sizes = grouped_csv(tmp_path / "grouped.csv", groups=60)
+    held_out = []
+    for fold in range(5):
+        config = DataConfig(train_files=[str(path)], group_column="movie_id", cv_folds=5, cv_fold=fold)
+        splits, _, stats = clean_splits(load_raw_splits(config), config)
+        rows = {t.split()[1] for t in splits["validation"]["text"]}
+        assert not rows & {t.split()[1] for t in splits["train"]["text"]}
+        assert abs(len(rows) - sum(sizes) / 5) <= max(sizes), "folds within a group's size of an even share"
+        assert stats["validation_groups"] + stats["train_groups"] == 60, "no group on both sides"
+        held_out.append(rows)
+    assert sum(map(len, held_out)) == sum(sizes) and len(set.union(*held_out)) == sum(sizes)
+
+
+def test_group_column_errors_name_the_column_and_the_fix(tmp_path):
+    from trainer.data import clean_splits, load_raw_splits
+
+    path, _ = grouped_csv(tmp_path / "grouped.csv", groups=3)
+    missing = DataConfig(train_files=[str(path)], group_column="film")
+    with pytest.raises(UserError, match=r"no column 'film'.*--data.group_column, or null to carve at random"):
+        clean_splits(load_raw_splits(missing), missing)
+    too_few = DataConfig(train_files=[str(path)], group_column="movie_id", cv_folds=5)
+    with pytest.raises(UserError, match=r"3 groups of --data\.group_column=movie_id cannot be cut into 5 folds"):
+        clean_splits(load_raw_splits(too_few), too_few)
+    one = write_csv(tmp_path / "one.csv", [(t, y, "m0") for t, y in review_rows(20)], ("text", "label", "movie_id"))
+    single = DataConfig(train_files=[str(one)], group_column="movie_id")
+    with pytest.raises(UserError, match="one group holds every row"):
+        clean_splits(load_raw_splits(single), single)
+    given = DataConfig(train_files=[str(path)], validation_files=[str(path)], group_column="movie_id")
+    assert clean_splits(load_raw_splits(given), given)[2]["validation_groups_in_train"] == 3  # counted, not hidden
 
 
 def test_length_buckets_bound_the_padding_and_the_number_of_shapes():

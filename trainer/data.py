@@ -91,7 +91,14 @@ class DataConfig:
     validation_fraction: float = field(
         default=0.1, metadata={"help": "share of train carved out for validation when none is given"}
     )
-    split_seed: int = field(default=42, metadata={"help": "seed of the validation carve-out"})
+    split_seed: int = field(default=42, metadata={"help": "seed of the validation carve-out and of the folds"})
+    group_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "a column of groups (IMDB: movie_id) that the carved validation split and every "
+            "cross-validation fold keep on one side: no group is in both train and validation"
+        },
+    )
     cv_folds: int = field(
         default=0,
         metadata={
@@ -300,6 +307,7 @@ def source_identity(config: DataConfig) -> dict:
         "csv_delimiter",
         "validation_fraction",
         "split_seed",
+        "group_column",
         "max_train_examples",
         "cv_folds",
         "cv_fold",
@@ -460,7 +468,11 @@ def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> dat
     training = split in ("train", "validation")  # else a file or split given to evaluate
     where = f"the {split} split" if training else split
     text_columns = config.text_columns
-    for key, columns in (("text_column", text_columns), ("label_column", [config.label_column])):
+    # The groups are needed to carve the training split; a given validation split's are kept to count shared groups.
+    column = config.group_column
+    group = [column] if column and (split == "train" or (split == "validation" and column in ds.column_names)) else []
+    checked = (("text_column", text_columns), ("label_column", [config.label_column]), ("group_column", group))
+    for key, columns in checked:
         option = f"--data.{key}" if training else f"--{key.replace('_', '-')}"
         for column in columns:
             if column not in ds.column_names:
@@ -468,7 +480,8 @@ def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> dat
                 separator = _other_separator(ds.column_names)
                 if separator:
                     raise UserError(_separator_problem(where, separator, "--data.csv_delimiter" if training else None))
-                raise UserError(f"{where} has no column {column!r}; columns found: {found} (set {option})")
+                fix = f"set {option}" + (", or null to carve at random" if key == "group_column" else "")
+                raise UserError(f"{where} has no column {column!r}; columns found: {found} ({fix})")
     for column in text_columns:
         text_feature = ds.features[column]
         if not (isinstance(text_feature, datasets.Value) and text_feature.dtype in ("string", "large_string")):
@@ -479,9 +492,11 @@ def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> dat
                 "to the column with the texts"
             )
     if len(text_columns) > 1:
-        ds = join_text_columns(ds, text_columns, config.text_separator, config.label_column)
+        ds = join_text_columns(ds, text_columns, config.text_separator, [config.label_column, *group])
         config = dataclasses.replace(config, text_column="text")
-    ds = ds.select_columns([config.text_column, config.label_column])
+    ds = ds.select_columns([config.text_column, config.label_column, *group])
+    if group and group[0] != "group":
+        ds = ds.rename_column(group[0], "group")
     label_feature = ds.features[config.label_column]
     if isinstance(label_feature, datasets.ClassLabel):  # hub datasets: ids -> their names
         ds = ds.cast_column(config.label_column, datasets.Value("string"))
@@ -502,17 +517,18 @@ def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> dat
     return ds
 
 
-def join_text_columns(ds: datasets.Dataset, columns: list[str], separator: str, label: str) -> datasets.Dataset:
-    """``columns`` joined into one ``text`` column by Arrow, batch by batch; a missing (null) or
-    empty part is left out, so a review without a title is its content alone."""
+def join_text_columns(ds: datasets.Dataset, columns: list[str], separator: str, kept: list[str]) -> datasets.Dataset:
+    """``columns`` joined into one ``text`` column by Arrow, batch by batch, beside the ``kept``
+    columns (the label, the group); a missing (null) or empty part is left out, so a review
+    without a title is its content alone."""
 
     def join(table: pa.Table) -> pa.Table:
         parts = [pc.cast(table[c], pa.large_string()) for c in columns]  # parquet and csv may differ
         parts = [pc.if_else(pc.equal(part, ""), None, part) for part in parts]
         text = pc.binary_join_element_wise(*parts, pa.scalar(separator, pa.large_string()), null_handling="skip")
-        return pa.table({"text": text, label: table[label]})
+        return pa.table({"text": text, **{column: table[column] for column in kept}})
 
-    features = datasets.Features({"text": datasets.Value("string"), label: ds.features[label]})
+    features = datasets.Features({"text": datasets.Value("string"), **{c: ds.features[c] for c in kept}})
     joined = ds.with_format("arrow").map(join, batched=True, remove_columns=ds.column_names, features=features)
     return joined.with_format(None)
 
@@ -554,10 +570,12 @@ def encode_labels(ds: datasets.Dataset, label_map: LabelMap, split: str, **map_k
         values = ds.unique("label")
         if all(label_map.encode(v, split) == v for v in values):
             return ds if feature.dtype == "int64" else ds.cast_column("label", datasets.Value("int64"))
+    features = ds.features.copy()
+    features["label"] = datasets.Value("int64")
     return ds.map(
         lambda b: {"label": [label_map.encode(v, split) for v in b["label"]]},
         batched=True,
-        features=datasets.Features({"text": ds.features["text"], "label": datasets.Value("int64")}),
+        features=features,
         **map_kwargs,
     )
 
@@ -613,9 +631,7 @@ def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) ->
             )
         if len(splits["train"]) < config.cv_folds:
             raise UserError(f"{len(splits['train'])} rows cannot be cut into {config.cv_folds} folds")
-        # Fold k: every k-th example of one seeded permutation; the folds partition the data.
-        order = torch.randperm(len(splits["train"]), generator=torch.Generator().manual_seed(config.split_seed))
-        held_out = set(order[config.cv_fold :: config.cv_folds].tolist())
+        held_out = set(fold_rows(splits["train"], config))
         train_rows = [i for i in range(len(splits["train"])) if i not in held_out]
         splits = {"train": splits["train"].select(train_rows), "validation": splits["train"].select(sorted(held_out))}
         stats["validation_fold"] = f"{config.cv_fold} of {config.cv_folds}"
@@ -624,16 +640,87 @@ def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) ->
             raise UserError(
                 f"the training split has only {len(splits['train'])} rows, too few to carve a validation split"
             )
-        carved = splits["train"].train_test_split(
-            test_size=config.validation_fraction, seed=config.split_seed, shuffle=True
-        )
+        if config.group_column:
+            held_out = set(carved_group_rows(splits["train"], config))
+            train_rows = [i for i in range(len(splits["train"])) if i not in held_out]
+            carved = {"train": splits["train"].select(train_rows), "test": splits["train"].select(sorted(held_out))}
+        else:
+            carved = splits["train"].train_test_split(
+                test_size=config.validation_fraction, seed=config.split_seed, shuffle=True
+            )
         splits = {"train": carved["train"], "validation": carved["test"]}
         stats["validation_carved"] = True
+    if config.group_column:
+        groups = {split: set(ds["group"]) for split, ds in splits.items() if "group" in ds.column_names}
+        stats |= {f"{split}_groups": len(values) for split, values in groups.items()}
+        if len(groups) == 2:  # 0 when carved or folded; a given validation split may share some
+            stats["validation_groups_in_train"] = len(groups["train"] & groups["validation"])
+        splits = {split: ds.remove_columns("group") if split in groups else ds for split, ds in splits.items()}
     for split, cap in (("train", config.max_train_examples), ("validation", config.max_eval_examples)):
         if cap is not None and cap < len(splits[split]):
             splits[split] = splits[split].shuffle(seed=config.split_seed).select(range(cap))
     stats.update({f"{split}_examples": len(ds) for split, ds in splits.items()})
     return splits, label_map, stats
+
+
+def row_groups(ds: datasets.Dataset) -> tuple[list[list[int]], int]:
+    """The rows of each group, groups in order of first appearance (a row with no group is a group
+    of its own), and how many rows had none."""
+    rows: dict = {}
+    ungrouped = 0
+    for i, value in enumerate(ds["group"]):
+        if not _present(value):
+            ungrouped += 1
+            value = ("no group", i)
+        rows.setdefault(value, []).append(i)
+    return list(rows.values()), ungrouped
+
+
+def _shuffled_groups(ds: datasets.Dataset, seed: int) -> list[list[int]]:
+    groups, _ = row_groups(ds)
+    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [groups[i] for i in order]
+
+
+def fold_rows(ds: datasets.Dataset, config: DataConfig) -> list[int]:
+    """The rows of fold ``cv_fold`` of ``cv_folds``. The folds partition the rows; with a
+    ``group_column`` they partition the groups too: the groups, in a seeded order, go one by one
+    to the fold with the fewest rows so far (folds within one group's size of each other)."""
+    if not config.group_column:  # every k-th row of one seeded permutation
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(config.split_seed))
+        return order[config.cv_fold :: config.cv_folds].tolist()
+    groups = _shuffled_groups(ds, config.split_seed)
+    if len(groups) < config.cv_folds:
+        raise UserError(
+            f"the {len(groups)} groups of --data.group_column={config.group_column} cannot be cut into "
+            f"{config.cv_folds} folds; use fewer --data.cv_folds"
+        )
+    sizes, chosen = [0] * config.cv_folds, []
+    for rows in groups:
+        fold = min(range(config.cv_folds), key=lambda k: (sizes[k], k))
+        sizes[fold] += len(rows)
+        if fold == config.cv_fold:
+            chosen.extend(rows)
+    return chosen
+
+
+def carved_group_rows(ds: datasets.Dataset, config: DataConfig) -> list[int]:
+    """The rows of a validation split of whole groups: groups in a seeded order until their rows
+    reach ``validation_fraction`` of all (the last group taken only if that comes closer)."""
+    target = config.validation_fraction * len(ds)
+    chosen: list[int] = []
+    for rows in _shuffled_groups(ds, config.split_seed):
+        if chosen and abs(len(chosen) + len(rows) - target) > abs(len(chosen) - target):
+            break
+        chosen.extend(rows)
+        if len(chosen) >= target:
+            break
+    if len(chosen) == len(ds):
+        raise UserError(
+            f"--data.group_column={config.group_column}: one group holds every row, so no validation split can "
+            "keep groups apart; choose another column or none"
+        )
+    return chosen
 
 
 def cached_overlap(splits: dict, path: Path) -> int:
