@@ -20,6 +20,10 @@ carve-out, or other folds), so that one lucky split cannot carry a decision; wit
 ``--data.group_column`` (the ``imdb`` preset's ``movie_id``) every split keeps each group on one side.
 The reference is fitted on every split, and both are reported as mean ± std over all of them.
 
+``--pretrain`` first pre-trains a language model on each validation split's training split
+(``python -m trainer.pretrain`` with the same arguments, plus ``--pretrain-args``) and starts every
+run of that split from it (``--model.init_from``); its time is reported beside the training time.
+
 ``--folds 8,9`` runs only those folds of the K (to split a cross-validation over machines or
 sessions; the per-fold lines on stderr of each part are the data to join).
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -52,22 +57,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def train(seed: int, trainer_args: list[str], out: Path, keep_final: bool) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "trainer",
-        *trainer_args,
-        f"--train.seed={seed}",
-        f"--train.output_dir={out}",
-        "--logging.tracker=none",
-        f"--checkpoint.save_final={str(keep_final).lower()}",
-    ]
-    started = time.perf_counter()
+def run_module(module: str, seed: int, args: list[str], out: Path) -> dict:
+    """One run of ``module`` (trainer or trainer.pretrain) in a fresh process; its run_info.json."""
+    command = [sys.executable, "-m", module, *args, f"--train.seed={seed}", f"--train.output_dir={out}"]
+    command.append("--logging.tracker=none")
     done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"seed {seed} failed:\n{done.stderr[-2000:]}")
-    info = json.loads((out / "run_info.json").read_text())
+        sys.exit(f"{module} seed {seed} failed:\n{done.stderr[-2000:]}")
+    return json.loads((out / "run_info.json").read_text())
+
+
+def pretrain(trainer_args: list[str], out: Path) -> dict:
+    """The language model every run of a split starts from."""
+    info = run_module("trainer.pretrain", 1, trainer_args, out)
+    best = info["best_metrics"]
+    return {
+        "pretrain_seconds": info["train_seconds"],
+        "pretrain_loss": best["loss"],
+        "pretrain_step": info["best_step"],
+    }
+
+
+def train(seed: int, trainer_args: list[str], out: Path, keep_final: bool) -> dict:
+    started = time.perf_counter()
+    info = run_module("trainer", seed, [*trainer_args, f"--checkpoint.save_final={str(keep_final).lower()}"], out)
     return {
         "seed": seed,
         "best_accuracy": info["best_metrics"]["accuracy"],
@@ -114,6 +127,12 @@ def main() -> dict:
         "reported split, as SST-2's, since the selection has seen it)",
     )
     parser.add_argument("--ensemble", action="store_true", help="also report the ensemble of the seeds' models")
+    parser.add_argument(
+        "--pretrain", action="store_true", help="start each split's runs from a language model pre-trained on it"
+    )
+    parser.add_argument(
+        "--pretrain-args", default="", help="more arguments for trainer.pretrain, e.g. '--pretrain.epochs=4'"
+    )
     parser.add_argument("trainer_args", nargs="*", help="the trainer's arguments, after --")
     args = parser.parse_args()
     seeds = [int(s) for s in (args.seeds or ("1" if args.cv_folds else "1,2,3")).split(",")]
@@ -135,11 +154,17 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for number, extra in enumerate(groups):
             outs = [Path(tmp) / f"run-{number}-{i}" for i in range(len(seeds))]
+            trainer_args, language_model = [*args.trainer_args, *extra], {}
+            if args.pretrain:
+                lm = Path(tmp) / f"lm-{number}"
+                language_model = pretrain([*trainer_args, *shlex.split(args.pretrain_args)], lm)
+                print(json.dumps(language_model | {"args": extra}), file=sys.stderr, flush=True)
+                trainer_args.append(f"--model.init_from={lm / 'best'}")
             for seed, out in zip(seeds, outs, strict=True):
-                runs.append(train(seed, [*args.trainer_args, *extra], out, args.ensemble) | {"args": extra})
+                runs.append(train(seed, trainer_args, out, args.ensemble) | {"args": extra} | language_model)
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
             if args.ensemble:
-                accuracy = ensemble_accuracy([*args.trainer_args, *extra], [out / report for out in outs])
+                accuracy = ensemble_accuracy(trainer_args, [out / report for out in outs])
                 seconds = sum(r["train_seconds"] for r in runs[-len(seeds) :])
                 ensembles.append({"seeds": seeds, "args": extra, "accuracy": accuracy, "train_seconds": seconds})
                 print(json.dumps(ensembles[-1]), file=sys.stderr, flush=True)
@@ -153,6 +178,8 @@ def main() -> dict:
         "accuracy_std": round(statistics.stdev(accuracies), 4) if len(accuracies) > 1 else 0.0,
         "train_seconds_median": statistics.median(r["train_seconds"] for r in runs),
     }
+    if args.pretrain:
+        result["pretrain_seconds_median"] = statistics.median(r["pretrain_seconds"] for r in runs)
     result["final_accuracy_mean"] = round(statistics.mean(finals), 4)
     result["final_accuracy_std"] = round(statistics.stdev(finals), 4) if len(finals) > 1 else 0.0
     if ensembles:

@@ -3,6 +3,7 @@
 # trainer, e.g. ./launch/train.sh --config imdb --train.epochs=3
 #   ACCELERATE_CONFIG=path  use this accelerate config instead of picking one
 #   NUM_PROCESSES=N         processes for the multi-GPU config (default: every GPU)
+#   TRAINER_MODULE=M        run M instead of trainer (launch/pretrain.sh: trainer.pretrain)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/launch/setup.sh" ""  # no extras (an explicit argument: the sourced script would see ours)
@@ -23,4 +24,4 @@ else
 fi
 # Precision is the trainer's --train.mixed_precision (default auto: bf16 where the hardware runs it
 # natively, AVX512-BF16/AMX on a CPU, else float32 on a CPU and fp16 on an older GPU).
-exec accelerate launch "${launch_args[@]}" -m trainer "$@"
+exec accelerate launch "${launch_args[@]}" -m "${TRAINER_MODULE:-trainer}" "$@"

@@ -45,9 +45,16 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, launcher: list[str] | None = None, timeout=300):
-    """Run the trainer in a fresh process; returns the CompletedProcess."""
-    command = (launcher or [sys.executable]) + ["-m", "trainer", *args]
+def run_cli(
+    args: list[str],
+    cwd: Path,
+    env: dict | None = None,
+    launcher: list[str] | None = None,
+    timeout=300,
+    module="trainer",
+):
+    """Run the trainer (or ``module``: trainer.pretrain) in a fresh process; returns the CompletedProcess."""
+    command = (launcher or [sys.executable]) + ["-m", module, *args]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 

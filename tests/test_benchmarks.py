@@ -112,15 +112,19 @@ def test_accuracy_script_trains_every_seed_on_every_fold_and_scores_their_ensemb
 
 
 @pytest.mark.slow  # starts a process
-def test_accuracy_script_repeats_the_runs_on_every_split_seed(tmp_path):
+def test_accuracy_script_repeats_the_runs_on_every_split_seed_from_a_language_model_of_each(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
     script = str(REPO / "benchmarks" / "accuracy.py")
     command = [sys.executable, script, "--no-bow", "--seeds", "1", "--split-seeds", "1,2", "--report", "final"]
+    command += ["--pretrain", "--pretrain-args=--pretrain.epochs=1"]
     done = subprocess.run(
         [*command, "--", "--config", "tiny", "--train.epochs=1"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    runs = json.loads(done.stdout.splitlines()[-1])["runs"]
+    result = json.loads(done.stdout.splitlines()[-1])
+    runs = result["runs"]
     assert [r["args"] for r in runs] == [["--data.split_seed=1"], ["--data.split_seed=2"]]
+    assert runs[0]["pretrain_loss"] != runs[1]["pretrain_loss"], "one language model per split"
+    assert result["pretrain_seconds_median"] > 0 and all(r["pretrain_step"] > 0 for r in runs)
     cache = tmp_path / "cache" / "sentiment-trainer" / "overlap"
     assert len(list(cache.glob("*.json"))) == 2, "two validation splits were prepared"

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-import trainer.validation
 from trainer.checkpoint import CheckpointConfig, TrainState
 from trainer.loop import CheckpointPolicy, Epochs, Stop
+from trainer.task import Classification
 from trainer.validation import Validator
 
 
@@ -72,13 +72,13 @@ def validator_for(losses, patience=0, save_best=True):
     )
     guard = SimpleNamespace(check=lambda step: None, diverged=lambda step, what: pytest.fail(f"diverged: {what}"))
     metrics = iter({"loss": loss, "accuracy": 1 - loss, "f1": 1 - loss} for loss in losses)
+    run.task = SimpleNamespace(evaluate=lambda run: next(metrics), summary=Classification().summary)
     validator = Validator(run, guard, notes.append, lambda step, m: exported.append((step, m["loss"])))
     return validator, state, metrics, logged, exported, notes
 
 
-def test_the_validator_keeps_the_best_model_and_stops_after_patience_evaluations(monkeypatch):
-    validator, state, metrics, logged, exported, notes = validator_for([0.5, 0.4, 0.45, 0.42, 0.3], patience=2)
-    monkeypatch.setattr(trainer.validation, "evaluate", lambda model, loader, accelerator: next(metrics))
+def test_the_validator_keeps_the_best_model_and_stops_after_patience_evaluations():
+    validator, state, _, logged, exported, notes = validator_for([0.5, 0.4, 0.45, 0.42, 0.3], patience=2)
     decisions = [validator(step) for step in (10, 20, 30)]
     assert decisions == [False, False, False] and exported == [(10, 0.5), (20, 0.4)]
     assert state.best_step == 20 and state.evals_without_improvement == 1
@@ -89,9 +89,8 @@ def test_the_validator_keeps_the_best_model_and_stops_after_patience_evaluations
     assert [validator.due(step) for step in (5, 7, 10)] == [True, False, True]
 
 
-def test_without_patience_the_validator_never_stops_and_save_best_off_exports_nothing(monkeypatch):
-    validator, state, metrics, _, exported, _ = validator_for([0.5, 0.6, 0.7, 0.8], save_best=False)
-    monkeypatch.setattr(trainer.validation, "evaluate", lambda model, loader, accelerator: next(metrics))
+def test_without_patience_the_validator_never_stops_and_save_best_off_exports_nothing():
+    validator, state, _, _, exported, _ = validator_for([0.5, 0.6, 0.7, 0.8], save_best=False)
     assert not any(validator(step) for step in (1, 2, 3, 4))
     assert exported == [] and state.best_step == 1 and state.evals_without_improvement == 3
 

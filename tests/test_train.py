@@ -218,10 +218,10 @@ def test_accumulation_bf16_and_schedule_follow_optimizer_steps(tmp_path):
     assert all(a > b for a, b in itertools.pairwise(lrs[2:])) and lrs[-1] < 1e-8
 
 
-def test_embedding_lr_scale_moves_the_embedding_that_much_faster():
+def test_lr_scales_move_the_embedding_and_the_recurrent_layers_that_much_faster_or_slower():
     torch.manual_seed(0)
     model = SentimentRNN(ModelConfig(embedding_dim=8, hidden_dim=8, num_layers=1), vocab_size=20, num_labels=2)
-    optimizer = build_optimizer(model, OptimConfig(lr=1e-3, embedding_lr_scale=10))
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3, embedding_lr_scale=10, recurrent_lr_scale=0.25))
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     ids = torch.randint(1, 20, (4, 6))
     classification_loss(model(ids, torch.full((4,), 6)), torch.tensor([0, 1, 0, 1])).backward()
@@ -234,6 +234,8 @@ def test_embedding_lr_scale_moves_the_embedding_that_much_faster():
         if p.grad.abs().max() > 1e-6
     }
     assert moved.pop("embedding.weight") == pytest.approx(1e-2, rel=1e-3)
+    recurrent = [moved.pop(name) for name in list(moved) if name.startswith("layers.")]
+    assert len(recurrent) == 8 and all(step == pytest.approx(2.5e-4, rel=1e-3) for step in recurrent)
     assert moved and all(step == pytest.approx(1e-3, rel=1e-3) for step in moved.values())
 
 

@@ -265,8 +265,9 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> dict:
     """
     saved = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
     saved.pop("save_sequence", None)
-    # Checkpoints older than train.ema_decay or optim.embedding_lr_scale were made without them.
-    saved_setup = {"ema_decay": 0.0, "embedding_lr_scale": 1.0, **saved.get("setup", {})}
+    # Checkpoints older than train.ema_decay or the lr scales were made without them.
+    older = {"ema_decay": 0.0, "embedding_lr_scale": 1.0, "recurrent_lr_scale": 1.0, "task": "classification"}
+    saved_setup = {**older, **saved.get("setup", {})}
     if "steps_per_epoch" not in saved_setup:  # older checkpoints: the same split was required
         saved_setup["steps_per_epoch"] = state.setup.get("steps_per_epoch")
     problem = global_batch_problem(path, saved_setup, state.setup)

@@ -25,19 +25,20 @@ from trainer.collective import report
 from trainer.config import config_reference, load_config, preset_names
 from trainer.errors import UserError, exit_for
 from trainer.preemption import Preemption
+from trainer.task import Classification, Task
 from trainer.train import Run, fit, setup
 
 DEFAULT_PRESET = "default"
 
 
-def parse_cli(argv: list[str]) -> tuple[str, list[str], bool, bool]:
-    """(preset, overrides, overwrite, debug); --help prints the reference and exits."""
+def parse_cli(argv: list[str], usage: str | None = None) -> tuple[str, list[str], bool, bool]:
+    """(preset, overrides, overwrite, debug); --help prints ``usage`` (this module's) and the reference, and exits."""
     preset, overrides, overwrite, debug = DEFAULT_PRESET, [], False, False
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg in ("-h", "--help"):
-            print(__doc__)
+            print(usage or __doc__)
             print(f"Presets: {', '.join(preset_names())}\n\nConfig keys (--section.key=value):")
             print(config_reference())
             raise SystemExit(0)
@@ -77,8 +78,10 @@ def interrupted(run: Run | None) -> str:
     return f"interrupted at step {run.state.step}; resume from {saved[-1]} with {command}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, task: Task | None = None, usage: str | None = None) -> int:
+    """The command line of ``python -m trainer`` (a classifier), and of ``trainer.pretrain`` with its ``task``."""
     argv = sys.argv[1:] if argv is None else argv
+    task = task or Classification()
     debug = "--debug" in argv
     run = None
     # From the start: a signal during setup (data preparation can take a while) is not lost; the
@@ -87,13 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     preemption.install()
     try:
         try:
-            preset, overrides, overwrite, debug = parse_cli(argv)
-            config = load_config(preset, overrides)
+            preset, overrides, overwrite, debug = parse_cli(argv, usage)
+            config = task.configure(load_config(preset, overrides))
         except UserError as exc:
             exc.on_every_rank = True  # every process parses the same command line
             raise
         config.train.overwrite = config.train.overwrite or overwrite
-        run = setup(config, preset)
+        run = setup(config, preset, task)
         return fit(run, preemption)
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":  # the launcher's rank: no process group is needed to know it

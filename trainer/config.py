@@ -21,6 +21,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from trainer.checkpoint import CheckpointConfig
 from trainer.data import DataConfig
 from trainer.errors import UserError, check_choice, check_range
+from trainer.lm import PretrainConfig
 from trainer.model import ModelConfig
 from trainer.optim import OptimConfig
 from trainer.tokenizer import TokenizerConfig
@@ -95,6 +96,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # python -m trainer.pretrain only
 
 
 def preset_names() -> list[str]:

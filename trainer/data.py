@@ -66,6 +66,13 @@ class DataConfig:
     validation_files: list[str] | None = field(
         default=None, metadata={"help": "local validation files, globs or folders"}
     )
+    unlabeled_files: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "texts without labels (files, globs or folders; the same text column) that language-model "
+            "pre-training (python -m trainer.pretrain) reads besides the training split; a classifier ignores them"
+        },
+    )
     train_split: str = field(
         default="train",
         metadata={"help": "split to train on (Hub dataset, or a train_files folder whose file names say splits)"},
@@ -916,6 +923,40 @@ def prepare_data(
             )
     stats["tokenize_seconds"] = round(time.perf_counter() - started - stats["load_seconds"], 2)
     return PreparedData(tokenized["train"], tokenized["validation"], tokenizer, label_map, stats)
+
+
+def prepare_unlabeled(
+    config: DataConfig, tokenizer: Tokenizer, coordination: Coordination | None = None
+) -> tuple[datasets.Dataset | None, dict]:
+    """``data.unlabeled_files`` cleaned and tokenised as the training split is (``label`` -1), or
+    None without them; and their statistics. Cached like the splits; the main process goes first."""
+    if not config.unlabeled_files:
+        return None, {}
+    co = coordination or Coordination()
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    option = "--data.unlabeled_files"
+    with co.main_process_first():
+        paths = expand_files(config.unlabeled_files, option)
+        identity = [_file_identity(paths, option), config.text_column, config.text_separator, config.csv_delimiter]
+        ds = _load_files(paths, config.csv_delimiter)
+        columns = config.text_columns
+        for column in columns:
+            if column not in ds.column_names:
+                found = ", ".join(ds.column_names) or "none"
+                raise UserError(f"{option} has no column {column!r}; columns found: {found} (set --data.text_column)")
+        if len(columns) > 1:
+            ds = join_text_columns(ds, columns, config.text_separator, [])
+        else:
+            ds = ds.select_columns(columns)
+            ds = ds.rename_column(columns[0], "text") if columns[0] != "text" else ds
+        rows = len(ds)
+        ds = ds.filter(lambda b: [isinstance(t, str) and _present(t) for t in b["text"]], batched=True)
+        ds = ds.map(lambda b: {"label": [-1] * len(b["text"])}, batched=True)
+        key = _digest([identity, tokenizer.to_str(), config.max_length])
+        cache_file = cache_dir / "tokenized" / f"{key}-unlabeled.arrow"
+        tokenized, hit = tokenize_split(ds, tokenizer, config.max_length, cache_file, config.num_proc)
+    stats = {"unlabeled_examples": len(tokenized), "unlabeled_dropped_empty": rows - len(ds)}
+    return tokenized, stats | {"unlabeled_tokens_cache_hit": hit}
 
 
 class LengthGroupedBatchSampler:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from trainer.errors import UserError
-from trainer.model import ModelConfig, SentimentRNN
+from trainer.model import ModelConfig, RecurrentEncoder, SentimentRNN
 from trainer.tokenizer import load_tokenizer, save_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
@@ -40,7 +40,7 @@ def _tokenizer_digest(tokenizer: Tokenizer) -> str:
 
 def export_model(
     out_dir: Path,
-    model: SentimentRNN,
+    model: RecurrentEncoder,
     tokenizer: Tokenizer,
     label_names: list[str],
     max_length: int,
@@ -50,6 +50,7 @@ def export_model(
     """Write a self-contained model folder, atomically: a reader never sees a half-written one.
 
     ``card(meta)`` returns the folder's README.md (the model card) from its config.json contents.
+    A language model (``trainer.pretrain``) has no labels: ``label_names`` is empty.
     """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
@@ -60,10 +61,10 @@ def export_model(
         raise ValueError("refusing to export non-finite (nan or inf) weights")  # the trainer stops before this
     save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
     meta = {
-        "architecture": "SentimentRNN",
+        "architecture": type(model).__name__,
         "model": dataclasses.asdict(model.config),
         "vocab_size": model.embedding.num_embeddings,
-        "num_labels": model.num_labels,
+        "num_labels": len(label_names),
         "pad_id": model.pad_id,
         "max_length": max_length,
         "id2label": {str(i): name for i, name in enumerate(label_names)},
@@ -96,6 +97,11 @@ def load_exported(model_dir: str | Path) -> tuple[SentimentRNN, Tokenizer, dict]
         raise UserError(f"{model_dir} is not a complete model folder: missing {', '.join(missing)}")
     try:
         meta = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+        if meta.get("architecture") == "LanguageModel":
+            raise UserError(
+                f"{model_dir} is a language model (python -m trainer.pretrain): it does not classify; train a "
+                f"classifier from it with --model.init_from={model_dir}"
+            )
         model = SentimentRNN(ModelConfig(**meta["model"]), meta["vocab_size"], meta["num_labels"], meta["pad_id"])
         missing = [key for key in ("max_length", "id2label") if key not in meta]
         if missing:

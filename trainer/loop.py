@@ -14,7 +14,6 @@ import torch
 from tqdm.auto import tqdm
 
 from trainer.checkpoint import save_checkpoint
-from trainer.loss import training_loss
 from trainer.metrics import Throughput
 from trainer.validation import prefixed
 
@@ -138,7 +137,7 @@ def train_step(run, batch: dict, guard, records: TrainRecords) -> bool:
     Returns True when an optimizer step ended."""
     accelerator, model, sampler, config = run.accelerator, run.model, run.sampler, run.config
     with accelerator.accumulate(model):
-        loss = training_loss(model, batch, accelerator, config.train.adversarial_epsilon)
+        loss = run.task.loss(run, batch)
         # Every example of a step weighs the same, however the step is split into batches (1.0 for
         # a full step; the epoch's last step may be uneven or short).
         share = len(batch["lengths"]) * sampler.num_shards * sampler.accumulation

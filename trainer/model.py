@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.errors import check_choice, check_range
+from trainer.errors import UserError, check_choice, check_range
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -53,8 +53,18 @@ class ModelConfig:
         },
     )
 
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "a language model from python -m trainer.pretrain (its run's best/ or final/): its embedding, "
+            "recurrent layers and tokenizer start the classifier (the architecture must be the same)"
+        },
+    )
+
     def __post_init__(self) -> None:
         check_choice("model.cell", self.cell, CELLS)
+        if self.init_from and self.pretrained_embeddings:
+            raise UserError("model.init_from and model.pretrained_embeddings both set the embedding; give one of them")
         for key in ("embedding_dim", "hidden_dim", "num_layers"):
             check_range(f"model.{key}", getattr(self, key), 1)
         check_range("model.dropout", self.dropout, 0.0, 0.99)
@@ -78,15 +88,17 @@ def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
-class SentimentRNN(nn.Module):
-    def __init__(self, config: ModelConfig, vocab_size: int, num_labels: int, pad_id: int = 0) -> None:
+class RecurrentEncoder(nn.Module):
+    """embedding -> dropout -> (bi)RNN layers: the part of the model that language-model
+    pre-training (``trainer.pretrain``) trains and ``--model.init_from`` hands to a classifier."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int, pad_id: int = 0) -> None:
         super().__init__()
         self.config = config
-        self.num_labels = num_labels
         self.pad_id = pad_id
         rnn_cls = CELLS[config.cell]
         directions = 2 if config.bidirectional else 1
-        out_dim = config.hidden_dim * directions
+        self.out_dim = config.hidden_dim * directions
 
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=pad_id)
         self.dropout = nn.Dropout(config.dropout)
@@ -95,30 +107,16 @@ class SentimentRNN(nn.Module):
         # CPU as fast as the fused bidirectional kernel; packing measured several times slower).
         self.layers = nn.ModuleList()
         for layer in range(config.num_layers):
-            input_dim = config.embedding_dim if layer == 0 else out_dim
+            input_dim = config.embedding_dim if layer == 0 else self.out_dim
             self.layers.append(
                 nn.ModuleList(rnn_cls(input_dim, config.hidden_dim, batch_first=True) for _ in range(directions))
             )
-        self.attention = nn.Sequential(nn.Linear(out_dim, out_dim), nn.Tanh(), nn.Linear(out_dim, 1))
-        # Two classes use a single logit (BCE-with-logits); more use one logit per class.
-        self.classifier = nn.Linear(out_dim, 1 if num_labels == 2 else num_labels)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        lengths: torch.Tensor,
-        return_attention: bool = False,
-        embeddings: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """input_ids: (B, T) right-padded, lengths: (B,) real tokens per row.
-
-        ``embeddings`` (B, T, E), when given, replaces ``embed(input_ids)``: adversarial training
-        runs the model on perturbed embeddings.
-
-        Returns logits (B, 1) for two classes or (B, C), and with ``return_attention`` also the
-        attention weights (B, T) in float32: they sum to 1 over real tokens and are 0 on padding.
-        """
-        lengths = lengths.clamp(min=1)  # an empty text still gets one (padding) step to attend to
+    def encode(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor, embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T) right-padded ids and (B,) lengths (at least 1) -> (B, T, H * directions): each
+        position's forward state, then its backward state (which has read the sequence from its end)."""
         x = self.sequence_dropout(self.embed(input_ids) if embeddings is None else embeddings)  # (B, T, E)
         for i, directions in enumerate(self.layers):
             if x.is_cuda:  # DDP's buffers can leave the weights non-contiguous; cuDNN wants one chunk
@@ -131,16 +129,7 @@ class SentimentRNN(nn.Module):
                 reversed_out = self.recur(directions[1], reverse_within_length(x, lengths))
                 outputs.append(reverse_within_length(reversed_out, lengths))
             x = torch.cat(outputs, dim=-1)  # (B, T, H * directions)
-
-        mask = torch.arange(x.size(1), device=x.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
-        # Softmax in float32 with the most negative finite value on padding: no overflow under
-        # fp16/bf16 autocast, and exp() of the masked scores is exactly 0.
-        scores = self.attention(x).squeeze(-1).float()  # (B, T)
-        scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
-        weights = scores.softmax(dim=-1)  # (B, T)
-        context = torch.bmm(weights.unsqueeze(1).to(x.dtype), x).squeeze(1)  # (B, H * directions)
-        logits = self.classifier(self.dropout(context))
-        return (logits, weights) if return_attention else logits
+        return x
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Embeddings; in training, each vocabulary entry is dropped with ``embedding_dropout``.
@@ -173,6 +162,43 @@ class SentimentRNN(nn.Module):
         if not self.config.locked_dropout or not self.training or p == 0:
             return self.dropout(x)
         return x * F.dropout(x.new_ones(x.size(0), 1, x.size(2)), p)  # (B, 1, D): one mask per sequence
+
+
+class SentimentRNN(RecurrentEncoder):
+    def __init__(self, config: ModelConfig, vocab_size: int, num_labels: int, pad_id: int = 0) -> None:
+        super().__init__(config, vocab_size, pad_id)
+        self.num_labels = num_labels
+        out_dim = self.out_dim
+        self.attention = nn.Sequential(nn.Linear(out_dim, out_dim), nn.Tanh(), nn.Linear(out_dim, 1))
+        # Two classes use a single logit (BCE-with-logits); more use one logit per class.
+        self.classifier = nn.Linear(out_dim, 1 if num_labels == 2 else num_labels)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        return_attention: bool = False,
+        embeddings: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """input_ids: (B, T) right-padded, lengths: (B,) real tokens per row.
+
+        ``embeddings`` (B, T, E), when given, replaces ``embed(input_ids)``: adversarial training
+        runs the model on perturbed embeddings.
+
+        Returns logits (B, 1) for two classes or (B, C), and with ``return_attention`` also the
+        attention weights (B, T) in float32: they sum to 1 over real tokens and are 0 on padding.
+        """
+        lengths = lengths.clamp(min=1)  # an empty text still gets one (padding) step to attend to
+        x = self.encode(input_ids, lengths, embeddings)  # (B, T, H * directions)
+        mask = torch.arange(x.size(1), device=x.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+        # Softmax in float32 with the most negative finite value on padding: no overflow under
+        # fp16/bf16 autocast, and exp() of the masked scores is exactly 0.
+        scores = self.attention(x).squeeze(-1).float()  # (B, T)
+        scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+        weights = scores.softmax(dim=-1)  # (B, T)
+        context = torch.bmm(weights.unsqueeze(1).to(x.dtype), x).squeeze(1)  # (B, H * directions)
+        logits = self.classifier(self.dropout(context))
+        return (logits, weights) if return_attention else logits
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

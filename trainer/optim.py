@@ -26,6 +26,13 @@ class OptimConfig:
     embedding_lr_scale: float = field(
         default=1.0, metadata={"help": "the token embedding's learning rate as a multiple of lr"}
     )
+    recurrent_lr_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "the recurrent layers' learning rate as a multiple of lr (below 1 with --model.init_from: "
+            "ULMFiT's discriminative rates, pre-trained layers moving slower than the new attention and classifier)"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_range("optim.lr", self.lr, 0.0)
@@ -36,22 +43,28 @@ class OptimConfig:
         check_range("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         check_range("optim.max_grad_norm", self.max_grad_norm, 0.0)
         check_range("optim.embedding_lr_scale", self.embedding_lr_scale, 0.0)
+        check_range("optim.recurrent_lr_scale", self.recurrent_lr_scale, 0.0)
         if len(self.betas) != 2:
             raise UserError(f"optim.betas={self.betas} must hold two numbers, e.g. [0.9,0.999]")
 
 
 def build_optimizer(model: torch.nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    # Decay weight matrices only, not biases. With embedding_lr_scale, the embedding is a group of its own.
-    own_lr = [model.embedding.weight] if config.embedding_lr_scale != 1 else []
-    trained = [p for p in model.parameters() if p.requires_grad and not any(p is q for q in own_lr)]
+    """AdamW; weight matrices decay, biases do not. With ``embedding_lr_scale`` or
+    ``recurrent_lr_scale``, the embedding or the recurrent layers are groups of their own."""
+    scaled = [(list(model.embedding.parameters()), config.embedding_lr_scale)]
+    scaled.append((list(model.layers.parameters()), config.recurrent_lr_scale))
+    scaled = [(params, scale) for params, scale in scaled if scale != 1]
+    own = {id(p) for params, _ in scaled for p in params}
+    trained = [p for p in model.parameters() if p.requires_grad and id(p) not in own]
     groups = [
         {"params": [p for p in trained if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in trained if p.dim() < 2], "weight_decay": 0.0},
     ]
-    if own_lr:
-        groups.append(
-            {"params": own_lr, "weight_decay": config.weight_decay, "lr": config.lr * config.embedding_lr_scale}
-        )
+    for params, scale in scaled:
+        lr = config.lr * scale
+        groups.append({"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay, "lr": lr})
+        groups.append({"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr": lr})
+    groups = [group for group in groups if group["params"]]
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
 
 

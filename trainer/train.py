@@ -16,18 +16,17 @@ from accelerate.utils import gather_object, set_seed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from trainer.card import model_card
 from trainer.checkpoint import TrainState, load_checkpoint
 from trainer.collective import from_main, main_decides, say
-from trainer.config import Config, to_yaml
-from trainer.data import Coordination, LengthGroupedBatchSampler, PreparedData, build_dataloaders, prepare_data
-from trainer.errors import UserError
-from trainer.export import export_model, state_digest
+from trainer.config import Config
+from trainer.data import Coordination, LengthGroupedBatchSampler, PreparedData, build_dataloaders
+from trainer.export import state_digest
 from trainer.guard import FiniteGuard
 from trainer.hardware import choose_precision
+from trainer.lm import initialise_encoder, start_from_pretrained
 from trainer.loop import CheckpointPolicy, Epochs, Progress, Stop, TrainRecords, save, train_step
-from trainer.metrics import METRICS_FOR, MetricsLog
-from trainer.model import SentimentRNN
+from trainer.metrics import MetricsLog
+from trainer.model import RecurrentEncoder
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.plot import draw_plots
 from trainer.preemption import Preemption
@@ -41,7 +40,7 @@ from trainer.rundir import (
     where_this_process_runs,
     write_json,
 )
-from trainer.tokenizer import pad_id
+from trainer.task import Classification, Task
 from trainer.tracking import flatten, tracker_resume_kwargs, tracker_setup
 from trainer.validation import Validator
 from trainer.vectors import initialise_from_file
@@ -67,34 +66,30 @@ class Run:
     steps_per_epoch: int
     state: TrainState
     ema: AveragedModel | None = None  # the moving average of the weights, with train.ema_decay
+    task: Task = field(default_factory=Classification)  # or trainer.pretrain's LanguageModelling
     started: float = field(default_factory=time.time)
 
-    def weights(self) -> SentimentRNN:
+    def weights(self) -> RecurrentEncoder:
         """The model validated and exported: the moving average when there is one."""
         return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
 
 
-def setup(config: Config, preset: str) -> Run:
+def setup(config: Config, preset: str, task: Task | None = None) -> Run:
     """Process group, run folder, trackers, data, model, optimizer and schedule, all prepared."""
-    train = config.train
+    train, task = config.train, task or Classification()
     # The process group comes first: the run folder (and so the W&B folder) is agreed on it.
     apply_global_batch(train, PartialState(cpu=on_cpu(config)).num_processes)
-    run_dir = resolve_run_dir(config, preset)
+    run_dir = resolve_run_dir(config, Path(preset).stem + task.run_suffix)
     log_with, tracker_kwargs, tracker_note = tracker_setup(config.logging, run_dir)
     # The main process's choice for all: processes on CPUs of different kinds must agree.
     precision, why = from_main(choose_precision(train.mixed_precision, on_cpu(config)))
     accelerator = build_accelerator(config, log_with, run_dir, precision)
     set_seed(train.seed)
 
+    if config.model.init_from:  # its tokenizer, checked against the model's architecture
+        start_from_pretrained(config)
     coordination = Coordination(accelerator.is_main_process, accelerator.main_process_first, from_main)
-    data = prepare_data(config.data, config.tokenizer, coordination)
-    labels = len(data.label_map.names)
-    if config.checkpoint.best_metric not in METRICS_FOR[min(labels, 3)]:
-        raise UserError(
-            f"checkpoint.best_metric={config.checkpoint.best_metric} needs two classes; "
-            f"the data has {labels}: use loss, accuracy, precision, recall or f1",
-            on_every_rank=True,
-        )
+    data = task.data(config, coordination)
     train_loader, eval_loader = build_dataloaders(
         data,
         config.data,
@@ -109,12 +104,15 @@ def setup(config: Config, preset: str) -> Run:
     sampler = train_loader.batch_sampler
     total_steps = train.max_steps or train.epochs * sampler.steps_per_epoch
 
-    model = SentimentRNN(config.model, data.tokenizer.get_vocab_size(), labels, pad_id(data.tokenizer))
+    model = task.model(config, data)
     embedding_stats = None
     if path := config.model.pretrained_embeddings:  # the main process's; DDP broadcasts its weights
         embedding_stats = main_decides(partial(initialise_from_file, model.embedding, path, data.tokenizer))
         found, vocabulary, coverage = (embedding_stats[k] for k in ("found", "vocabulary", "coverage"))
         say(f"embedding: {found:,} of {vocabulary:,} tokens initialised from {path} ({coverage:.1%})")
+    if folder := config.model.init_from:  # the main process's, as above
+        copied = main_decides(partial(initialise_encoder, model, folder))
+        say(f"embedding and recurrent layers: {copied:,} weights from {folder}")
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, total_steps)
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
@@ -125,7 +123,7 @@ def setup(config: Config, preset: str) -> Run:
         ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay))
         accelerator.register_for_checkpointing(ema)  # saved and restored with the checkpoints
 
-    state = TrainState(setup=run_setup(config, accelerator, data, sampler.steps_per_epoch))
+    state = TrainState(setup=run_setup(config, accelerator, data, sampler.steps_per_epoch) | {"task": task.name})
     resume_from = None
     if config.checkpoint.resume != "none":
         resume_from = main_decides(partial(choose_checkpoint, config, run_dir, say))
@@ -136,7 +134,7 @@ def setup(config: Config, preset: str) -> Run:
         say(f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}){moved}")
         tracker_kwargs = tracker_resume_kwargs(tracker_kwargs, state.tracker_run_id)
 
-    info = run_info(config, accelerator, data.stats, why)
+    info = run_info(config, accelerator, data.stats, why) | {"task": task.name}
     info["resumed_from"] = resume_from
     info["data_per_rank"] = gather_object([data.stats])  # which process tokenised, which read the cache
     info["processes"] = gather_object([where_this_process_runs(accelerator)])
@@ -167,6 +165,7 @@ def setup(config: Config, preset: str) -> Run:
         steps_per_epoch=sampler.steps_per_epoch,
         state=state,
         ema=ema,
+        task=task,
     )
     announce(run, tracker_note)
     return run
@@ -184,6 +183,7 @@ def run_setup(config: Config, accelerator: Accelerator, data: PreparedData, step
         "steps_per_epoch": steps_per_epoch,
         "ema_decay": train.ema_decay,
         "embedding_lr_scale": config.optim.embedding_lr_scale,  # the optimizer's groups depend on it
+        "recurrent_lr_scale": config.optim.recurrent_lr_scale,
         **{f"model.{key}": value for key, value in config.model.architecture().items()},
         "vocab_size": data.tokenizer.get_vocab_size(),
         "num_labels": len(data.label_map.names),
@@ -195,7 +195,7 @@ def fit(run: Run, preemption: Preemption) -> int:
     state, total = run.state, run.total_steps
     progress = Progress(total, state.step, run.accelerator.is_main_process)
     guard = FiniteGuard(run)
-    validator = Validator(run, guard, progress.note, partial(export, run, "best"))
+    validator = Validator(run, guard, progress.note, partial(run.task.export, run, "best"))
     records, epochs = TrainRecords(run), Epochs(run)
     saving = CheckpointPolicy(run.config.checkpoint.save_every_steps, total)
     stop, signum = None, 0
@@ -259,7 +259,7 @@ def finish(run: Run, guard: FiniteGuard, metrics: dict, stop: Stop | None) -> in
     digests = gather_object([state_digest(run.weights())])
     if run.accelerator.is_main_process:
         if config.checkpoint.save_final:
-            export(run, "final", state.step, metrics)
+            run.task.export(run, "final", state.step, metrics)
         run.info |= {"final_step": state.step, "final_metrics": metrics, "best_metric": config.checkpoint.best_metric}
         run.info |= {"best_metrics": state.best_metrics, "best_step": state.best_step, "weight_digests": digests}
         run.info |= {"stopped_early": stop is Stop.EARLY_STOPPING, "train_seconds": round(time.time() - run.started, 1)}
@@ -267,7 +267,7 @@ def finish(run: Run, guard: FiniteGuard, metrics: dict, stop: Stop | None) -> in
         if config.logging.plots:
             draw_plots(run.run_dir)
     best, metric = state.best_metrics, config.checkpoint.best_metric
-    other = "loss" if metric == "accuracy" else "accuracy"
+    other = next(key for key in ("loss", "accuracy", "perplexity") if key != metric and key in best)
     say(
         f"done in {time.time() - run.started:.0f}s: best validation {metric} {best[metric]:.4f} "
         f"({other} {best[other]:.4f}, step {state.best_step}) saved to {run.run_dir / 'best'}"
@@ -282,14 +282,3 @@ def leave_together(accelerator: Accelerator) -> None:
     and by SLURM's --kill-on-bad-exit across nodes), main process included."""
     accelerator.wait_for_everyone()
     accelerator.end_training()
-
-
-def export(run: Run, name: str, step: int, metrics: dict) -> None:
-    """best/ or final/: weights, config.json, tokenizer and a model card."""
-    metric = run.config.checkpoint.best_metric
-    selected = f"the best validation {metric} of the run" if name == "best" else "the last step of the run"
-    extra = {"step": step, "metrics": metrics, "selected_by": selected, "num_parameters": run.info["num_parameters"]}
-    yaml_text, config = to_yaml(run.config), asdict(run.config)
-    card = partial(model_card, config_yaml=yaml_text, config=config, stats=run.data.stats)
-    labels, max_length = run.data.label_map.names, run.config.data.max_length
-    export_model(run.run_dir / name, run.weights(), run.data.tokenizer, labels, max_length, extra, card)

@@ -61,7 +61,7 @@ class Validator:
         run, state, config = self.run, self.run.state, self.run.config.checkpoint
         self.guard.check(step)
         with run.accelerator.autocast():  # as prepare() wraps the model's forward; the average is not wrapped
-            self.metrics, self.last_step = evaluate(run.weights(), run.eval_loader, run.accelerator), step
+            self.metrics, self.last_step = run.task.evaluate(run), step
         if not math.isfinite(self.metrics["loss"]):
             self.guard.diverged(step, "validation loss")
         run.log.write({"epoch": round(step / run.steps_per_epoch, 3), **prefixed("eval/", self.metrics)}, step)
@@ -73,8 +73,7 @@ class Validator:
         else:
             state.evals_without_improvement += 1
         self.note(
-            f"step {step} epoch {step / run.steps_per_epoch:.2f}: validation loss {self.metrics['loss']:.4f} "
-            f"accuracy {self.metrics['accuracy']:.4f} f1 {self.metrics['f1']:.4f}"
+            f"step {step} epoch {step / run.steps_per_epoch:.2f}: validation {run.task.summary(self.metrics)}"
             + (" (best)" if state.best_step == step else "")
         )
         patience = config.early_stopping_patience

@@ -1,0 +1,150 @@
+"""Language-model pre-training (``python -m trainer.pretrain``) and classifiers started from it."""
+
+import pytest
+import torch
+from conftest import read_json, run_cli, write_csv
+from safetensors.torch import load_file
+
+from trainer.errors import UserError
+from trainer.lm import LanguageModel, PretrainConfig, language_model_loss
+from trainer.model import ModelConfig
+
+
+def tiny_lm(vocab=50, cutoffs=(10, 30), **model):
+    config = ModelConfig(embedding_dim=16, hidden_dim=16, dropout=0.0, **model)
+    return LanguageModel(config, vocab, pad_id=0, pretrain=PretrainConfig(cutoffs=list(cutoffs)))
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("cutoffs", [(10, 30), (100,)])  # an adaptive softmax, and a full one (none fits)
+def test_no_direction_sees_the_token_it_predicts(bidirectional, cutoffs):
+    # Each batch is new random tokens: nothing can be learned, unless a direction sees its target.
+    # A model that leaked would drive the loss far below log(vocabulary) within these steps.
+    torch.manual_seed(0)
+    model = tiny_lm(cutoffs=cutoffs, bidirectional=bidirectional)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        batch = {"input_ids": torch.randint(1, 50, (16, 12)), "lengths": torch.full((16,), 12)}
+        loss = language_model_loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    chance = torch.log(torch.tensor(49.0)).item()  # 3.89
+    assert loss.item() > 0.9 * chance
+    learnable = tiny_lm(cutoffs=cutoffs, bidirectional=bidirectional)
+    optimizer = torch.optim.Adam(learnable.parameters(), lr=1e-2)
+    for _ in range(150):  # one random token repeated: each target is the token just read, in view
+        batch = {"input_ids": torch.randint(1, 50, (16, 1)).repeat(1, 12), "lengths": torch.full((16,), 12)}
+        loss = language_model_loss(learnable, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.5 * chance, "in as many steps, what a direction may see is learned"
+
+
+def test_the_loss_of_a_sequence_does_not_depend_on_its_padding():
+    torch.manual_seed(1)
+    model = tiny_lm().eval()
+    ids = torch.randint(1, 50, (3, 9))
+    lengths = torch.tensor([9, 5, 2])
+    ids[1, 5:], ids[2, 2:] = 0, 0
+    sums, tokens = model(ids, lengths)
+    padded = torch.cat([ids, torch.zeros(3, 7, dtype=torch.long)], 1)
+    sums_padded, tokens_padded = model(padded, lengths)
+    assert torch.allclose(sums, sums_padded, atol=1e-5) and torch.equal(tokens, tokens_padded)
+    assert tokens.tolist() == [16.0, 8.0, 2.0]  # (length - 1) targets per direction
+    alone, _ = model(ids[2:, :2], lengths[2:])
+    assert torch.allclose(alone, sums[2:], atol=1e-5), "the batch's other rows change nothing"
+
+
+def test_a_stacked_bidirectional_encoder_is_refused():
+    with pytest.raises(UserError, match=r"needs model\.num_layers=1 with a bidirectional encoder"):
+        tiny_lm(num_layers=2, bidirectional=True)
+    tiny_lm(num_layers=2, bidirectional=False)  # one direction may stack
+
+
+@pytest.mark.slow  # trains two models in processes
+def test_pretraining_exports_a_language_model_that_starts_a_classifier(tmp_path):
+    common = ["--config", "tiny", f"--data.cache_dir={tmp_path / 'cache'}"]
+    init = f"--model.init_from={tmp_path / 'lm' / 'best'}"
+    unlabeled = write_csv(tmp_path / "more.csv", [(f"an unlabeled review number {i}", "") for i in range(40)])
+    lm = run_cli(
+        [*common, "--train.output_dir=lm", f"--data.unlabeled_files={unlabeled}", "--pretrain.cutoffs=[100,300]"],
+        cwd=tmp_path,
+        module="trainer.pretrain",
+    )
+    assert lm.returncode == 0, lm.stderr[-3000:]
+    info = read_json(tmp_path / "lm" / "run_info.json")
+    assert info["task"] == "language-model" and info["final_step"] == info["total_steps"]
+    assert info["data"]["unlabeled_examples"] == 40
+    assert info["data"]["language_model_examples"] == info["data"]["train_examples"] + 40
+    meta = read_json(tmp_path / "lm" / "best" / "config.json")
+    assert meta["architecture"] == "LanguageModel" and meta["num_labels"] == 0
+    assert meta["metrics"]["perplexity"] < 500, "better than chance over the 500-token vocabulary"
+    records = [r for r in map(eval_record, (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()) if r]
+    assert records[-1]["eval/loss"] < records[0]["eval/loss"], "the validation loss falls"
+    assert "validation loss" in lm.stdout and "perplexity" in lm.stdout
+
+    classifier = run_cli(
+        # one step that changes nothing: the weights as loaded
+        [*common, "--train.output_dir=clf", init, "--train.max_steps=1", "--optim.lr=0"],
+        cwd=tmp_path,
+    )
+    assert classifier.returncode == 0, classifier.stderr[-3000:]
+    assert "embedding and recurrent layers:" in classifier.stdout
+    lm_weights = load_file(str(tmp_path / "lm" / "best" / "model.safetensors"))
+    clf_weights = load_file(str(tmp_path / "clf" / "final" / "model.safetensors"))
+    encoder = [k for k in lm_weights if k.startswith(("embedding.", "layers."))]
+    assert encoder and all(torch.equal(lm_weights[k], clf_weights[k]) for k in encoder)
+    assert (tmp_path / "clf" / "tokenizer.json").read_text() == (
+        tmp_path / "lm" / "best" / "tokenizer.json"
+    ).read_text()
+
+    wrong = run_cli(
+        [*common, "--train.output_dir=wrong", init, "--model.hidden_dim=32"],
+        cwd=tmp_path,
+    )
+    assert wrong.returncode == 2 and "was trained with hidden_dim 16 (this run: 32)" in wrong.stderr
+    assert "--model.hidden_dim=16" in wrong.stderr and "Traceback" not in wrong.stderr
+    folder = run_cli(["--config", "tiny", "--train.output_dir=f", f"--model.init_from={tmp_path / 'lm'}"], tmp_path)
+    assert folder.returncode == 2 and "is a run folder; give" in folder.stderr
+    scored = run_cli(
+        ["--model", str(tmp_path / "lm" / "best"), "--data", str(unlabeled)], tmp_path, module="trainer.evaluate"
+    )
+    assert scored.returncode == 2 and "is a language model" in scored.stderr and "--model.init_from=" in scored.stderr
+
+
+def eval_record(line: str) -> dict | None:
+    import json
+
+    record = json.loads(line)
+    return record if "eval/loss" in record else None
+
+
+@pytest.mark.slow  # trains in processes
+def test_pretraining_resumes_exactly_after_a_kill_and_runs_on_two_processes(tmp_path):
+    import signal
+
+    from test_checkpoint import faults
+    from test_distributed import launcher
+
+    common = ["--config", "tiny", "--checkpoint.save_every_steps=4", "--pretrain.cutoffs=[100,300]"]
+    env = {"OMP_NUM_THREADS": "1"}
+
+    def pretrain(out, *args, expect=0, **kwargs):
+        done = run_cli([*common, f"--train.output_dir={out}", *args], tmp_path, module="trainer.pretrain", **kwargs)
+        assert done.returncode == expect, done.stderr[-3000:]
+        return read_json(tmp_path / out / "run_info.json")
+
+    straight = pretrain("straight", env=env)
+    pretrain("killed", env=env | faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    resumed = pretrain("killed", "--resume", "auto", env=env)
+    assert resumed["resumed_from"].endswith("step-00000008")
+    assert resumed["weight_digests"] == straight["weight_digests"], "bit for bit the uninterrupted run"
+    assert resumed["final_metrics"] == straight["final_metrics"]
+
+    two = pretrain("two", "--train.batch_size=16", env=env, launcher=launcher(2))
+    assert two["world_size"] == 2 and two["global_batch_size"] == straight["global_batch_size"] == 32
+    assert len(set(two["weight_digests"])) == 1, "both processes end with the same weights"
+    # The same examples per step; each process averages its own tokens, so the losses differ a little.
+    assert two["final_metrics"]["loss"] == pytest.approx(straight["final_metrics"]["loss"], rel=0.02)

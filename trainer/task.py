@@ -1,0 +1,90 @@
+"""What a run trains for. The set-up, the loop, checkpoints, resume, signals and trackers are the
+same for every task; a task says what differs: its data, its model, its loss, its validation and
+what it exports. ``Classification`` is ``python -m trainer``'s; ``trainer.pretrain`` has the
+language model's."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from functools import partial
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from trainer.card import model_card
+from trainer.config import Config, to_yaml
+from trainer.data import Coordination, PreparedData, prepare_data
+from trainer.errors import UserError
+from trainer.export import export_model
+from trainer.loss import training_loss
+from trainer.metrics import METRICS_FOR
+from trainer.model import SentimentRNN
+from trainer.tokenizer import pad_id
+from trainer.validation import evaluate
+
+if TYPE_CHECKING:
+    from trainer.train import Run
+
+
+class Task(Protocol):
+    name: str  # in run_info.json and in every checkpoint: a run resumes only its own task's
+    run_suffix: str  # of the run folder's default name
+
+    def configure(self, config: Config) -> Config: ...
+    def data(self, config: Config, coordination: Coordination) -> PreparedData: ...
+    def model(self, config: Config, data: PreparedData) -> torch.nn.Module: ...
+    def loss(self, run: Run, batch: dict) -> torch.Tensor: ...
+    def evaluate(self, run: Run) -> dict: ...
+    def summary(self, metrics: dict) -> str: ...
+    def export(self, run: Run, name: str, step: int, metrics: dict) -> None: ...
+
+
+class Classification:
+    """The sentiment classifier: labelled data, ``SentimentRNN``, classification metrics, best/ and
+    final/ as model folders that ``trainer.evaluate``, ``trainer.predict`` and ``load_model`` read."""
+
+    name = "classification"
+    run_suffix = ""
+
+    def configure(self, config: Config) -> Config:
+        return config
+
+    def data(self, config: Config, coordination: Coordination) -> PreparedData:
+        data = prepare_data(config.data, config.tokenizer, coordination)
+        labels = len(data.label_map.names)
+        if config.checkpoint.best_metric not in METRICS_FOR[min(labels, 3)]:
+            raise UserError(
+                f"checkpoint.best_metric={config.checkpoint.best_metric} needs two classes; "
+                f"the data has {labels}: use loss, accuracy, precision, recall or f1",
+                on_every_rank=True,
+            )
+        return data
+
+    def model(self, config: Config, data: PreparedData) -> torch.nn.Module:
+        return SentimentRNN(
+            config.model, data.tokenizer.get_vocab_size(), len(data.label_map.names), pad_id(data.tokenizer)
+        )
+
+    def loss(self, run: Run, batch: dict) -> torch.Tensor:
+        return training_loss(run.model, batch, run.accelerator, run.config.train.adversarial_epsilon)
+
+    def evaluate(self, run: Run) -> dict:
+        return evaluate(run.weights(), run.eval_loader, run.accelerator)
+
+    def summary(self, metrics: dict) -> str:
+        return f"loss {metrics['loss']:.4f} accuracy {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f}"
+
+    def export(self, run: Run, name: str, step: int, metrics: dict) -> None:
+        """best/ or final/: weights, config.json, tokenizer and a model card."""
+        metric = run.config.checkpoint.best_metric
+        selected = f"the best validation {metric} of the run" if name == "best" else "the last step of the run"
+        extra = {
+            "step": step,
+            "metrics": metrics,
+            "selected_by": selected,
+            "num_parameters": run.info["num_parameters"],
+        }
+        yaml_text, config = to_yaml(run.config), asdict(run.config)
+        card = partial(model_card, config_yaml=yaml_text, config=config, stats=run.data.stats)
+        labels, max_length = run.data.label_map.names, run.config.data.max_length
+        export_model(run.run_dir / name, run.weights(), run.data.tokenizer, labels, max_length, extra, card)
