@@ -20,7 +20,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
@@ -35,48 +34,71 @@ class PretrainConfig:
     epochs: int = field(default=2, metadata={"help": "language-model epochs (python -m trainer.pretrain)"})
     max_steps: int | None = field(default=None, metadata={"help": "stop pre-training after this many steps"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate of pre-training (optim.* gives the rest)"})
-    cutoffs: list[int] = field(
-        default_factory=lambda: [2000, 10000],
+    samples: int = field(
+        default=256,
         metadata={
-            "help": "adaptive softmax: the most frequent cutoffs[0] tokens get a full softmax, each later range a "
-            "cluster (those past the vocabulary are dropped; none left: a full softmax)"
+            "help": "sampled softmax: each step scores the true next token against this many tokens drawn from the "
+            "training split's unigram distribution (to the power 0.75), not against the whole vocabulary"
         },
     )
-    div_value: float = field(default=4.0, metadata={"help": "adaptive softmax: each cluster's size shrinks by this"})
+    tie_embeddings: bool = field(
+        default=True,
+        metadata={"help": "the output layer's word vectors are the embedding's (projected if sizes differ)"},
+    )
 
     def __post_init__(self) -> None:
         check_range("pretrain.epochs", self.epochs, 1)
         if self.max_steps is not None:
             check_range("pretrain.max_steps", self.max_steps, 1)
         check_range("pretrain.lr", self.lr, 0.0)
-        check_range("pretrain.div_value", self.div_value, 1.0)
-        if any(c < 1 for c in self.cutoffs) or sorted(set(self.cutoffs)) != list(self.cutoffs):
-            raise UserError(f"pretrain.cutoffs={self.cutoffs} must be increasing positive numbers, e.g. [2000,10000]")
+        check_range("pretrain.samples", self.samples, 1)
 
 
-class OutputLayer(nn.Module):
-    """Per-token negative log-likelihood of the targets: an adaptive softmax, or a full one when
-    the vocabulary is smaller than the first cutoff."""
+class SampledSoftmax(nn.Module):
+    """Per-token negative log-likelihood of the targets against ``samples`` tokens drawn from
+    ``q`` = unigram counts ** 0.75 (padding never), each logit corrected by -log(samples * q) so
+    that the loss estimates the full softmax's (Jean et al. 2015). Training draws new tokens every
+    call; evaluation uses one fixed draw, so validation losses compare across epochs and runs.
 
-    def __init__(self, hidden_dim: int, vocab_size: int, cutoffs: list[int], div_value: float) -> None:
+    On a CPU this is what makes a 20,000-word output affordable: for 19,000 tokens (64 reviews of
+    300) the full softmax took 6.6 s forward and backward, an adaptive softmax 2.6 s, this with
+    256 samples 0.11 s (2 cores of an AMD EPYC), against 0.35 s for the whole encoder.
+    """
+
+    def __init__(self, hidden_dim: int, embedding: nn.Embedding, counts: torch.Tensor, config: PretrainConfig) -> None:
         super().__init__()
-        cutoffs = [c for c in cutoffs if c < vocab_size - 1]
-        self.adaptive = (
-            nn.AdaptiveLogSoftmaxWithLoss(hidden_dim, vocab_size, cutoffs, div_value=div_value) if cutoffs else None
-        )
-        self.full = None if cutoffs else nn.Linear(hidden_dim, vocab_size)
+        vocab, dim = embedding.weight.shape
+        self.tied = config.tie_embeddings
+        self.embedding = [embedding]  # not a submodule: its weight is the encoder's, saved once
+        self.weight = None if self.tied else nn.Parameter(torch.randn(vocab, hidden_dim) * hidden_dim**-0.5)
+        self.projection = nn.Linear(hidden_dim, dim, bias=False) if self.tied and dim != hidden_dim else None
+        self.bias = nn.Parameter(torch.zeros(vocab))
+        q = counts.double().clamp(min=0) ** 0.75
+        q[embedding.padding_idx] = 0.0
+        self.samples = config.samples
+        self.register_buffer("q", (q / q.sum()).float())
+        generator = torch.Generator().manual_seed(0)
+        self.register_buffer("eval_samples", torch.multinomial(self.q, self.samples, True, generator=generator))
 
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.adaptive is not None:
-            return -self.adaptive(hidden, targets).output
-        return F.cross_entropy(self.full(hidden), targets, reduction="none")
+        weight = self.embedding[0].weight if self.tied else self.weight
+        if self.projection is not None:
+            hidden = self.projection(hidden)
+        drawn = torch.multinomial(self.q, self.samples, True) if self.training else self.eval_samples
+        correction = torch.log(self.q * self.samples)
+        true = (hidden * weight[targets]).sum(-1) + self.bias[targets] - correction[targets]  # (N,)
+        sampled = hidden @ weight[drawn].t() + (self.bias[drawn] - correction[drawn])  # (N, S)
+        sampled = sampled.masked_fill(drawn.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))  # the target itself
+        return -torch.cat([true.unsqueeze(1), sampled], 1).log_softmax(1)[:, 0]
 
 
 class LanguageModel(RecurrentEncoder):
-    """The encoder with one output layer per direction; ``forward`` gives per-sequence sums of the
-    token losses and the number of predicted tokens."""
+    """The encoder with an output layer shared by both directions (as ELMo's); ``forward`` gives
+    per-sequence sums of the token losses and the number of predicted tokens."""
 
-    def __init__(self, config: ModelConfig, vocab_size: int, pad_id: int, pretrain: PretrainConfig) -> None:
+    def __init__(
+        self, config: ModelConfig, vocab_size: int, pad_id: int, pretrain: PretrainConfig, counts: torch.Tensor
+    ) -> None:
         super().__init__(config, vocab_size, pad_id)
         if config.bidirectional and config.num_layers > 1:
             raise UserError(
@@ -85,10 +107,8 @@ class LanguageModel(RecurrentEncoder):
                 "predicts); or set model.bidirectional=false",
                 on_every_rank=True,
             )
-        directions = 2 if config.bidirectional else 1
-        self.heads = nn.ModuleList(
-            OutputLayer(config.hidden_dim, vocab_size, pretrain.cutoffs, pretrain.div_value) for _ in range(directions)
-        )
+        self.directions = 2 if config.bidirectional else 1
+        self.output = SampledSoftmax(config.hidden_dim, self.embedding, counts, pretrain)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) ids, (B,) lengths -> ((B,) summed token losses, (B,) tokens predicted), float32.
@@ -103,32 +123,38 @@ class LanguageModel(RecurrentEncoder):
         rows = pairs.nonzero()[:, 0]
         hidden = self.config.hidden_dim
         sums = torch.zeros(input_ids.size(0), device=input_ids.device)
-        for direction, head in enumerate(self.heads):
+        for direction in range(self.directions):
             if direction == 0:
                 inputs, targets = states[:, :-1, :hidden][pairs], input_ids[:, 1:][pairs]
             else:
                 inputs, targets = states[:, 1:, hidden:][pairs], input_ids[:, :-1][pairs]
             with torch.autocast(device_type=input_ids.device.type, enabled=False):  # the softmax in float32
-                sums = sums.index_add(0, rows, head(inputs.float(), targets))
-        return sums, pairs.sum(1).float() * len(self.heads)
+                sums = sums.index_add(0, rows, self.output(inputs.float(), targets))
+        return sums, pairs.sum(1).float() * self.directions
+
+
+def token_counts(input_ids, vocab_size: int) -> torch.Tensor:
+    """How often each token id occurs in an Arrow list column of ids, chunk by chunk."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    total = np.zeros(vocab_size, dtype=np.int64)
+    for chunk in input_ids.chunks:
+        total += np.bincount(pc.list_flatten(chunk).to_numpy(zero_copy_only=False), minlength=vocab_size)[:vocab_size]
+    return torch.from_numpy(total)
 
 
 def language_model_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """The mean token loss of a batch. Every output parameter takes part (with weight 0 where no
-    target fell in its cluster): DDP's static graph expects a gradient for each, every step."""
+    """The mean token loss of a batch."""
     sums, tokens = model(batch["input_ids"], batch["lengths"])
-    unused = sum(p.sum() for p in _heads(model).parameters()) * 0.0
-    return sums.sum() / tokens.sum().clamp(min=1) + unused
-
-
-def _heads(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model).heads  # through DDP's wrapper
+    return sums.sum() / tokens.sum().clamp(min=1)
 
 
 @torch.no_grad()
 def evaluate_language_model(model: nn.Module, loader, accelerator) -> dict:
-    """Validation loss (mean token negative log-likelihood, both directions) and perplexity, exact
-    on any number of processes (``gather_for_metrics`` drops the repeated examples)."""
+    """Validation loss (the mean token loss of both directions, against the output layer's fixed
+    evaluation sample) and the tokens it was taken over, exact on any number of processes
+    (``gather_for_metrics`` drops the repeated examples)."""
     training = model.training
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
@@ -138,7 +164,7 @@ def evaluate_language_model(model: nn.Module, loader, accelerator) -> dict:
         count += tokens.double().sum().cpu()
     model.train(training)
     loss = float(total / count.clamp(min=1))
-    return {"loss": loss, "perplexity": float(torch.exp(torch.tensor(min(loss, 50.0))))}
+    return {"loss": loss, "tokens": int(count)}
 
 
 def read_pretrained(folder: str) -> tuple[dict, Path]:

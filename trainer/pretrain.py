@@ -9,9 +9,10 @@ The same run as ``python -m trainer`` in every other way: processes (``accelerat
 ``sbatch launch/slurm.sbatch``), checkpoints, ``--resume auto``, signals, trackers. It reads the
 same config (use the classifier's, so that both see the same training split: the validation split
 is carved the same way and the language model never reads it), with ``pretrain.epochs``,
-``pretrain.max_steps`` and ``pretrain.lr`` in place of the classifier's. ``--data.unlabeled_files``
-adds texts without labels. best/ holds the model with the lowest validation loss (token
-negative log-likelihood, both directions), final/ the last one.
+``pretrain.max_steps`` and ``pretrain.lr`` in place of the classifier's, and a sampled softmax
+(``pretrain.samples``, ``pretrain.tie_embeddings``) as the output layer. ``--data.unlabeled_files``
+adds texts without labels. best/ holds the model with the lowest validation loss (the token
+loss of both directions, against one fixed sample of the vocabulary), final/ the last one.
 
 Flags: --config NAME|PATH, --resume auto|PATH|none, --overwrite, --debug (tracebacks),
 --help (every config key; the pretrain.* ones are this command's).
@@ -28,7 +29,7 @@ import torch
 from trainer.config import Config
 from trainer.data import Coordination, PreparedData, prepare_data, prepare_unlabeled
 from trainer.export import export_model
-from trainer.lm import LanguageModel, evaluate_language_model, language_model_loss
+from trainer.lm import LanguageModel, evaluate_language_model, language_model_loss, token_counts
 from trainer.tokenizer import pad_id
 
 
@@ -42,7 +43,7 @@ class LanguageModelling:
     def configure(self, config: Config) -> Config:
         pretrain = config.pretrain
         config.train.epochs, config.train.max_steps, config.optim.lr = pretrain.epochs, pretrain.max_steps, pretrain.lr
-        config.checkpoint.best_metric = "loss"  # the only metric a language model has besides perplexity
+        config.checkpoint.best_metric = "loss"  # the only metric a language model has
         config.train.adversarial_epsilon = 0.0  # a classifier's regulariser
         return config
 
@@ -56,7 +57,8 @@ class LanguageModelling:
 
     def model(self, config: Config, data: PreparedData) -> torch.nn.Module:
         vocabulary = data.tokenizer.get_vocab_size()
-        return LanguageModel(config.model, vocabulary, pad_id(data.tokenizer), config.pretrain)
+        counts = token_counts(data.train.with_format("arrow")["input_ids"], vocabulary)  # the sampler's
+        return LanguageModel(config.model, vocabulary, pad_id(data.tokenizer), config.pretrain, counts)
 
     def loss(self, run, batch: dict) -> torch.Tensor:
         return language_model_loss(run.model, batch)
@@ -65,7 +67,7 @@ class LanguageModelling:
         return evaluate_language_model(run.weights(), run.eval_loader, run.accelerator)
 
     def summary(self, metrics: dict) -> str:
-        return f"loss {metrics['loss']:.4f} perplexity {metrics['perplexity']:.1f}"
+        return f"loss {metrics['loss']:.4f} over {metrics['tokens']:,} tokens"
 
     def export(self, run, name: str, step: int, metrics: dict) -> None:
         """best/ or final/: the language model's weights, config.json and tokenizer."""

@@ -267,10 +267,10 @@ def finish(run: Run, guard: FiniteGuard, metrics: dict, stop: Stop | None) -> in
         if config.logging.plots:
             draw_plots(run.run_dir)
     best, metric = state.best_metrics, config.checkpoint.best_metric
-    other = next(key for key in ("loss", "accuracy", "perplexity") if key != metric and key in best)
+    other = "".join(f"{key} {best[key]:.4f}, " for key in ("loss", "accuracy") if key != metric and key in best)
     say(
         f"done in {time.time() - run.started:.0f}s: best validation {metric} {best[metric]:.4f} "
-        f"({other} {best[other]:.4f}, step {state.best_step}) saved to {run.run_dir / 'best'}"
+        f"({other}step {state.best_step}) saved to {run.run_dir / 'best'}"
     )
     leave_together(run.accelerator)
     return 0
