@@ -2,11 +2,10 @@
 
 The encoder (embedding and recurrent layers, ``RecurrentEncoder``) learns to predict each next
 token with its forward direction and each previous token with its backward direction, on the
-training texts and any unlabeled ones (Dai & Le 2015; ULMFiT, Howard & Ruder 2018). Each
-direction's states feed an adaptive softmax (Grave et al. 2017): the frequent words get a full
-softmax, the rarer ones share small clusters, so a 20,000-word output layer costs a few times
-less than a full softmax on a CPU. ``--model.init_from`` then starts a classifier's embedding and
-recurrent layers (and its tokenizer) from the exported language model.
+training texts and any unlabeled ones (Dai & Le 2015; ULMFiT, Howard & Ruder 2018). Both
+directions' states feed one sampled softmax tied to the embedding, so a 20,000-word output layer
+costs less than the encoder on a CPU. ``--model.init_from`` then starts a classifier's embedding
+and recurrent layers (and its tokenizer) from the exported language model.
 
 A stacked bidirectional encoder cannot be trained this way: its second layer reads both
 directions of the first, so each direction would see the token it is asked to predict.
@@ -56,7 +55,7 @@ class PretrainConfig:
 
 class SampledSoftmax(nn.Module):
     """Per-token negative log-likelihood of the targets against ``samples`` tokens drawn from
-    ``q`` = unigram counts ** 0.75 (padding never), each logit corrected by -log(samples * q) so
+    ``q`` = (unigram count + 1) ** 0.75 (padding never), each logit corrected by -log(samples * q) so
     that the loss estimates the full softmax's (Jean et al. 2015). Training draws new tokens every
     call; evaluation uses one fixed draw, so validation losses compare across epochs and runs.
 
@@ -73,7 +72,7 @@ class SampledSoftmax(nn.Module):
         self.weight = None if self.tied else nn.Parameter(torch.randn(vocab, hidden_dim) * hidden_dim**-0.5)
         self.projection = nn.Linear(hidden_dim, dim, bias=False) if self.tied and dim != hidden_dim else None
         self.bias = nn.Parameter(torch.zeros(vocab))
-        q = counts.double().clamp(min=0) ** 0.75
+        q = (counts.double().clamp(min=0) + 1) ** 0.75  # add-one: a token unseen in training may be a target
         q[embedding.padding_idx] = 0.0
         self.samples = config.samples
         self.register_buffer("q", (q / q.sum()).float())
