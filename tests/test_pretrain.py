@@ -60,6 +60,15 @@ def test_the_loss_of_a_sequence_does_not_depend_on_its_padding():
     assert torch.allclose(alone, sums[2:], atol=1e-5), "the batch's other rows change nothing"
 
 
+def test_a_token_never_seen_in_training_gets_a_finite_loss():
+    counts = torch.zeros(50)
+    counts[1:10] = 100  # the training split's words; 40 and 41 only occur in validation
+    for mode in ("train", "eval"):
+        model = tiny_lm(counts=counts).train(mode == "train")
+        sums, tokens = model(torch.tensor([[5, 40, 41, 5]]), torch.tensor([4]))
+        assert torch.isfinite(sums).all() and tokens.item() == 6
+
+
 def test_a_stacked_bidirectional_encoder_is_refused():
     with pytest.raises(UserError, match=r"needs model\.num_layers=1 with a bidirectional encoder"):
         tiny_lm(num_layers=2, bidirectional=True)
