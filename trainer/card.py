@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from huggingface_hub import EvalResult, ModelCardData
+
 METRIC_ORDER = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss", "n")
 
 
@@ -20,11 +22,58 @@ def describe_data(data: dict) -> str:
     return f"the Hugging Face Hub dataset `{data['name']}`, split `{data.get('train_split', 'train')}`"
 
 
+def _dataset(data: dict) -> tuple[str | None, str]:
+    """(the Hub dataset id or None, a name for the model index) of the training data."""
+    if data.get("train_files"):
+        return None, ", ".join(path.rsplit("/", 1)[-1] for path in data["train_files"])
+    if data.get("name") == "builtin":
+        return None, "built-in generated reviews"
+    return data["name"], data["name"]
+
+
+def card_metadata(meta: dict, config: dict, extra_tags: tuple[str, ...] = ()) -> str:
+    """The card's YAML metadata (between ``---`` lines), as the Hub reads it: library, task, tags,
+    dataset, license and the validation metrics as a model index."""
+    hub_id, dataset_name = _dataset(config["data"])
+    metrics = meta.get("metrics") or {}
+    reported = [
+        name for name in METRIC_ORDER[:-2] if isinstance(metrics.get(name), float) and math.isfinite(metrics[name])
+    ]
+    results = [
+        EvalResult(
+            task_type="text-classification",
+            task_name="Sentiment classification",
+            dataset_type=hub_id or "custom",
+            dataset_name=dataset_name,
+            dataset_split="validation",
+            metric_type=name,
+            metric_name=name,
+            metric_value=round(metrics[name], 4),
+        )
+        for name in reported
+    ]
+    card_data = ModelCardData(
+        library_name="sentiment-trainer",
+        pipeline_tag="text-classification",
+        tags=["sentiment-analysis", "text-classification", meta["model"]["cell"], "attention", *extra_tags],
+        datasets=[hub_id] if hub_id else None,
+        license=config["checkpoint"].get("license"),
+        metrics=reported or None,
+        model_name=config["logging"].get("run_name") or "sentiment-classifier",
+        eval_results=results or None,
+    )
+    return f"---\n{card_data.to_yaml()}\n---\n"
+
+
+def model_kind(model: dict) -> str:
+    return f"{model['num_layers']}-layer {'bidirectional ' if model['bidirectional'] else ''}{model['cell'].upper()}"
+
+
 def model_card(meta: dict, config_yaml: str, config: dict, stats: dict) -> str:
-    """Markdown for README.md; ``meta`` is the folder's config.json contents."""
+    """Markdown for README.md, YAML metadata first; ``meta`` is the folder's config.json contents."""
     model = meta["model"]
     labels = [meta["id2label"][str(i)] for i in range(len(meta["id2label"]))]
-    kind = f"{model['num_layers']}-layer {'bidirectional ' if model['bidirectional'] else ''}{model['cell'].upper()}"
+    kind = model_kind(model)
     metrics = meta.get("metrics") or {}
     rows = [
         f"| {name} | {metrics[name]:.4f} |"
@@ -36,7 +85,8 @@ def model_card(meta: dict, config_yaml: str, config: dict, stats: dict) -> str:
     decay = config["train"].get("ema_decay")
     averaged = f"\nThe weights are an exponential moving average of the trained ones (decay {decay})." if decay else ""
     validation = "carved from the training data" if stats.get("validation_carved") else "the given validation split"
-    return f"""# Sentiment classifier: {kind} with attention
+    return f"""{card_metadata(meta, config)}
+# Sentiment classifier: {kind} with attention
 
 Labels: {", ".join(f"`{name}`" for name in labels)}. Trained with sentiment-trainer (`python -m trainer`).
 
@@ -67,12 +117,16 @@ python -m trainer.predict --model MODEL_DIR "An absolute joy from start to finis
 python -m trainer.predict --model MODEL_DIR --file reviews.csv --json
 python -m trainer.predict --model MODEL_DIR --explain --html attention.html "Dull, but the score is lovely."
 python -m trainer.evaluate --model MODEL_DIR --data test.csv --json
+python -m trainer.export --model MODEL_DIR --format onnx --quantize int8   # for onnxruntime
 ```
+
+`MODEL_DIR` is this folder, or its Hub repo id (`user/name`) once pushed with
+`python -m trainer.push --model MODEL_DIR --repo user/name`.
 
 ```python
 from trainer import load_model
 
-model = load_model("MODEL_DIR")
+model = load_model("MODEL_DIR")  # or a Hub repo id: load_model("user/name", revision="main")
 model.predict(["An absolute joy from start to finish."])[0].label
 model.explain("Dull, but the score is lovely.").weights
 ```

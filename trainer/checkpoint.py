@@ -46,6 +46,10 @@ class CheckpointConfig:
     resume: str = field(
         default="none", metadata={"help": "none, auto (newest complete checkpoint in the run folder) or a path"}
     )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "the exported models' license, as a Hub license id (apache-2.0, mit, ...): in their cards"},
+    )
     early_stopping_patience: int = field(
         default=0, metadata={"help": "stop after N validations without improvement (0 = never)"}
     )

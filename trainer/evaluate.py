@@ -33,7 +33,7 @@ from trainer.collective import report
 from trainer.data import PaddingCollator, encode_labels, lengths_of, load_labelled, tokenize
 from trainer.errors import UserError, exit_for, stdout_closed
 from trainer.export import load_exported
-from trainer.inference import check_same_labels
+from trainer.inference import add_model_arguments, check_same_labels
 from trainer.labels import LabelMap
 from trainer.metrics import classification_metrics
 from trainer.validation import gather_predictions
@@ -52,7 +52,7 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     state = PartialState(cpu=cpu)
     started = time.perf_counter()
     datasets.disable_progress_bars()  # one result, not a progress bar per step
-    models = [load_exported(path) for path in args.model]
+    models = [load_exported(path, args.revision) for path in args.model]
     meta = models[0][2]
     labels = [[m["id2label"][str(i)] for i in range(len(m["id2label"]))] for *_, m in models]
     names = labels[0]
@@ -129,12 +129,7 @@ def show(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model",
-        required=True,
-        action="append",
-        help="an exported model folder (runs/<run>/best); repeat it for an ensemble",
-    )
+    add_model_arguments(parser)
     parser.add_argument("--data", required=True, help="a csv/tsv/json/jsonl/parquet file, or a Hub dataset name")
     parser.add_argument("--split", default="test", help="the Hub split to evaluate (default test)")
     parser.add_argument("--config-name", help="the Hub dataset configuration")

@@ -17,12 +17,15 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from trainer.errors import UserError
+from trainer.hub import resolve_model_dir
 from trainer.model import ModelConfig, RecurrentEncoder, SentimentRNN
 from trainer.tokenizer import load_tokenizer, save_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 TOKENIZER_NAME = "tokenizer.json"
+CARD_NAME = "README.md"
+ONNX_NAME = "model.onnx"
 
 
 def sha256_file(path: Path) -> str:
@@ -75,7 +78,7 @@ def export_model(
     (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     save_tokenizer(tokenizer, tmp / TOKENIZER_NAME)
     if card is not None:
-        (tmp / "README.md").write_text(card(meta), encoding="utf-8")
+        (tmp / CARD_NAME).write_text(card(meta), encoding="utf-8")
     old = out_dir.with_name(f".{out_dir.name}.old")
     if out_dir.exists():
         os.replace(out_dir, old)
@@ -83,12 +86,24 @@ def export_model(
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_exported(model_dir: str | Path) -> tuple[SentimentRNN, Tokenizer, dict]:
-    """(model in eval mode, tokenizer, config.json contents) from an exported folder."""
-    model_dir = Path(model_dir)
+def _weights_file(model_dir: Path) -> str:
+    """The weights' file name of a model folder: model.safetensors, or model.onnx for an ONNX export."""
+    try:
+        meta = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return WEIGHTS_NAME  # the config's own problem is reported below
+    return ONNX_NAME if isinstance(meta, dict) and meta.get("format") == "onnx" else WEIGHTS_NAME
+
+
+def _read_config(model_dir: Path) -> dict:
+    """config.json of a complete model folder, checked: the folder's first problem is a UserError."""
     if not model_dir.is_dir():
-        raise UserError(f"model folder {model_dir} does not exist; give an exported folder such as runs/<run>/best")
-    missing = [n for n in (WEIGHTS_NAME, CONFIG_NAME, TOKENIZER_NAME) if not (model_dir / n).is_file()]
+        raise UserError(
+            f"model folder {model_dir} does not exist; give an exported folder such as runs/<run>/best, or a Hub "
+            "repo id (user/name)"
+        )
+    weights = _weights_file(model_dir)
+    missing = [n for n in (weights, CONFIG_NAME, TOKENIZER_NAME) if not (model_dir / n).is_file()]
     exports = [name for name in ("best", "final") if (model_dir / name / WEIGHTS_NAME).is_file()]
     if missing and exports:
         choices = " or ".join(str(model_dir / name) for name in exports)
@@ -102,18 +117,23 @@ def load_exported(model_dir: str | Path) -> tuple[SentimentRNN, Tokenizer, dict]
                 f"{model_dir} is a language model (python -m trainer.pretrain): it does not classify; train a "
                 f"classifier from it with --model.init_from={model_dir}"
             )
-        model = SentimentRNN(ModelConfig(**meta["model"]), meta["vocab_size"], meta["num_labels"], meta["pad_id"])
-        missing = [key for key in ("max_length", "id2label") if key not in meta]
+        ModelConfig(**meta["model"])
+        missing = [key for key in ("vocab_size", "num_labels", "pad_id", "max_length", "id2label") if key not in meta]
         if missing:
             raise KeyError(", ".join(missing))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{model_dir / CONFIG_NAME} is not a valid model config ({type(exc).__name__}: {exc})") from exc
     expected = meta.get("weights_sha256")  # exports older than the checksum have none
-    if expected and sha256_file(model_dir / WEIGHTS_NAME) != expected:
+    if expected and sha256_file(model_dir / weights) != expected:
         raise UserError(
-            f"{model_dir / WEIGHTS_NAME} does not match the checksum in {CONFIG_NAME}: the file was damaged or "
+            f"{model_dir / weights} does not match the checksum in {CONFIG_NAME}: the file was damaged or "
             "changed after export; restore it or export the model again"
         )
+    return meta
+
+
+def _load_weights(model_dir: Path, meta: dict) -> SentimentRNN:
+    model = SentimentRNN(ModelConfig(**meta["model"]), meta["vocab_size"], meta["num_labels"], meta["pad_id"])
     try:
         weights = load_file(str(model_dir / WEIGHTS_NAME))
         model.load_state_dict(weights)
@@ -128,7 +148,23 @@ def load_exported(model_dir: str | Path) -> tuple[SentimentRNN, Tokenizer, dict]
             f"{model_dir / WEIGHTS_NAME} holds non-finite (nan or inf) weights in {', '.join(bad[:3])}; "
             "it cannot predict: use another export"
         )
-    model.eval()
+    return model.eval()
+
+
+def load_exported(model_dir: str | Path, revision: str | None = None) -> tuple:
+    """(model in eval mode, tokenizer, config.json contents) from an exported folder or a Hub repo id.
+
+    The model is a ``SentimentRNN``, or for an ONNX export (``python -m trainer.export``) an
+    ``OnnxClassifier`` called the same way.
+    """
+    model_dir = resolve_model_dir(model_dir, revision)
+    meta = _read_config(model_dir)
+    if meta.get("format") == "onnx":
+        from trainer.onnx_model import OnnxClassifier
+
+        model = OnnxClassifier(model_dir / ONNX_NAME)
+    else:
+        model = _load_weights(model_dir, meta)
     tokenizer = load_tokenizer(model_dir / TOKENIZER_NAME)
     expected = meta.get("tokenizer_sha256")
     if tokenizer.get_vocab_size() != meta["vocab_size"] or (expected and expected != _tokenizer_digest(tokenizer)):
@@ -139,6 +175,16 @@ def load_exported(model_dir: str | Path) -> tuple[SentimentRNN, Tokenizer, dict]
     return model, tokenizer, meta
 
 
+def check_complete(model_dir: Path) -> dict:
+    """config.json of a folder that can be shared as it is: loadable, checksums matching, with its card."""
+    if not Path(model_dir).is_dir():
+        raise UserError(f"{model_dir} is not a local folder; give an exported one such as runs/<run>/best")
+    meta = load_exported(model_dir)[2]
+    if not (model_dir / CARD_NAME).is_file():
+        raise UserError(f"{model_dir} has no model card ({CARD_NAME}); export the model again (python -m trainer)")
+    return meta
+
+
 def state_digest(model: torch.nn.Module) -> str:
     """A hash of every parameter and buffer, to compare weights across processes and runs."""
     digest = hashlib.sha256()
@@ -146,3 +192,112 @@ def state_digest(model: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _check_parity(model: SentimentRNN, onnx_model, vocab_size: int) -> float:
+    """The largest |logit| difference between the eager model and its ONNX graph on a batch of
+    very different lengths (1 to 300 tokens), against a fixed draw of tokens."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([300, 1, 57, 128, 9, 300, 2, 200])
+    ids = torch.randint(1, vocab_size, (len(lengths), int(lengths.max())), generator=generator)
+    ids[torch.arange(ids.size(1)).unsqueeze(0) >= lengths.unsqueeze(1)] = model.pad_id
+    with torch.inference_mode():
+        expected = model(ids, lengths)
+    return float((onnx_model(ids, lengths) - expected).abs().max())
+
+
+def export_onnx_folder(model_dir: Path, out_dir: Path, quantize: str | None, source: str) -> dict:
+    """An ONNX folder from an exported one: model.onnx (float32 or int8), config.json, tokenizer, card.
+
+    Written atomically; returns the new config.json contents, with the float32 graph's parity
+    (``onnx_max_abs_logit_difference``) against the eager model.
+    """
+    from huggingface_hub import ModelCard
+
+    from trainer.onnx_model import OnnxClassifier, export_onnx, quantize_int8, quiet
+
+    model, tokenizer, meta = load_exported(model_dir)
+    if meta.get("format") == "onnx":
+        raise UserError(f"{model_dir} is already an ONNX export; give the folder it was exported from")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    export_onnx(model, tmp / ONNX_NAME)
+    difference = _check_parity(model, OnnxClassifier(tmp / ONNX_NAME), meta["vocab_size"])
+    if difference > 1e-3:
+        raise RuntimeError(f"the ONNX graph's logits differ from the model's by {difference:.2g}")
+    if quantize:
+        quantize_int8(tmp / ONNX_NAME, tmp / "model.int8.onnx")
+        os.replace(tmp / "model.int8.onnx", tmp / ONNX_NAME)
+    config = {
+        **{k: v for k, v in meta.items() if k != "weights_sha256"},
+        "format": "onnx",
+        "quantization": quantize,
+        "onnx_inputs": ["input_ids", "lengths"],
+        "onnx_outputs": ["logits", "attention"],
+        "onnx_float32_max_abs_logit_difference": difference,
+        "source": {"model": source, "weights_sha256": meta.get("weights_sha256")},
+        "weights_sha256": sha256_file(tmp / ONNX_NAME),
+    }
+    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_tokenizer(tokenizer, tmp / TOKENIZER_NAME)
+    if (model_dir / CARD_NAME).is_file():
+        with quiet():  # an export older than the card's metadata has none: it is added
+            card = ModelCard.load(model_dir / CARD_NAME)
+        card.data.tags = [*(card.data.tags or []), "onnx", *([quantize] if quantize else [])]
+        kind = f"{quantize} weights (onnxruntime's dynamic quantisation)" if quantize else "float32"
+        card.text += (
+            f"\n## ONNX\n\nThis folder holds `{ONNX_NAME}` ({kind}), exported from `{source}` with "
+            f"`python -m trainer.export`. Inputs: `input_ids` (batch, length) and `lengths` (batch,), int64, "
+            "right-padded; outputs: `logits` and `attention` (batch, length). `load_model`, "
+            "`python -m trainer.predict` and `python -m trainer.evaluate` run it through onnxruntime.\n"
+        )
+        card.save(tmp / CARD_NAME)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # the caller was told to overwrite it
+    os.replace(tmp, out_dir)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from trainer.errors import exit_for
+
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.export",
+        description="Export a trained model folder (runs/<run>/best, or a Hub repo id) for onnxruntime.",
+    )
+    parser.add_argument("--model", required=True, help="an exported model folder, or a Hub repo id (user/name)")
+    parser.add_argument("--revision", help="the Hub repo's branch, tag or commit (a repo id only)")
+    parser.add_argument("--format", choices=("onnx",), default="onnx", help="the format to write (onnx)")
+    parser.add_argument("--quantize", choices=("int8",), help="dynamic int8 quantisation of the weights")
+    parser.add_argument("--output", help="the folder to write (default: beside the model, <name>-onnx[-int8])")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    try:
+        model_dir = resolve_model_dir(args.model, args.revision)
+        suffix = "-onnx" + (f"-{args.quantize}" if args.quantize else "")
+        local = Path(args.model).exists()
+        default = model_dir.with_name(model_dir.name + suffix) if local else Path(args.model.split("/")[-1] + suffix)
+        out_dir = Path(args.output) if args.output else default
+        if out_dir.exists() and not args.overwrite:
+            raise UserError(f"{out_dir} already exists; give another --output, or --overwrite to replace it")
+        if out_dir.resolve() == model_dir.resolve():
+            raise UserError("--output is the model folder itself; give another folder")
+        config = export_onnx_folder(model_dir, out_dir, args.quantize, args.model)
+    except Exception as exc:
+        return exit_for(exc, args.debug)
+    size = (out_dir / ONNX_NAME).stat().st_size / 1e6
+    print(
+        f"wrote {out_dir / ONNX_NAME} ({size:.1f} MB{', int8' if args.quantize else ''}; float32 graph within "
+        f"{config['onnx_float32_max_abs_logit_difference']:.1e} of the model's logits)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

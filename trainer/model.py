@@ -85,7 +85,7 @@ def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     steps = torch.arange(x.size(1), device=x.device).unsqueeze(0)  # (1, T)
     lengths = lengths.unsqueeze(1)  # (B, 1)
     index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (B, T)
-    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
 
 
 class RecurrentEncoder(nn.Module):
@@ -190,6 +190,11 @@ class SentimentRNN(RecurrentEncoder):
         """
         lengths = lengths.clamp(min=1)  # an empty text still gets one (padding) step to attend to
         x = self.encode(input_ids, lengths, embeddings)  # (B, T, H * directions)
+        logits, weights = self.classify(x, lengths)
+        return (logits, weights) if return_attention else logits
+
+    def classify(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states (B, T, H * directions) and lengths (B,), at least 1 -> (logits, attention weights)."""
         mask = torch.arange(x.size(1), device=x.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
         # Softmax in float32 with the most negative finite value on padding: no overflow under
         # fp16/bf16 autocast, and exp() of the masked scores is exactly 0.
@@ -197,8 +202,7 @@ class SentimentRNN(RecurrentEncoder):
         scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
         weights = scores.softmax(dim=-1)  # (B, T)
         context = torch.bmm(weights.unsqueeze(1).to(x.dtype), x).squeeze(1)  # (B, H * directions)
-        logits = self.classifier(self.dropout(context))
-        return (logits, weights) if return_attention else logits
+        return self.classifier(self.dropout(context)), weights
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

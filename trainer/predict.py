@@ -27,7 +27,7 @@ from pathlib import Path
 
 from trainer.errors import UserError, check_writable_dir, exit_for, stdout_closed
 from trainer.explain import ansi, html_page, top_tokens
-from trainer.inference import load_model
+from trainer.inference import add_model_arguments, load_model
 
 
 def _decode(raw: bytes, where: str) -> str:
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         texts = read_texts("-", args.text_column)
     if not texts:
         raise UserError("no texts to predict (the input was empty)")
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.revision)
     run_batch = model.explain_batch if explain else model.predict
     results = run_batch(texts, batch_size=args.batch_size)
     color = _color(args.color)
@@ -135,12 +135,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.splitlines()[0])
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
-    parser.add_argument(
-        "--model",
-        required=True,
-        action="append",
-        help="an exported model folder (runs/<run>/best); repeat it for an ensemble",
-    )
+    add_model_arguments(parser)
     parser.add_argument("--file", help="texts from a .txt, .csv, .tsv or .jsonl file (- for stdin)")
     parser.add_argument("--text-column", default="text", help="the text column/field of a csv or jsonl file")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
