@@ -6,7 +6,7 @@ import math
 
 from huggingface_hub import EvalResult, ModelCardData
 
-METRIC_ORDER = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss", "n")
+METRIC_ORDER = ("accuracy", "balanced_accuracy", "macro_f1", "precision", "recall", "f1", "roc_auc", "loss", "n")
 
 
 def describe_data(data: dict) -> str:
@@ -65,6 +65,15 @@ def card_metadata(meta: dict, config: dict, extra_tags: tuple[str, ...] = ()) ->
     return f"---\n{card_data.to_yaml()}\n---\n"
 
 
+def kept_tokens(meta: dict) -> str:
+    """Which tokens of a longer text the model reads, in words."""
+    n, truncation = meta["max_length"], meta.get("truncation", "head")
+    if truncation == "head_tail":
+        head = n // 4
+        return f"the first {head} and the last {n - head} tokens (head_tail)"
+    return f"the {'last' if truncation == 'tail' else 'first'} {n} tokens"
+
+
 def model_kind(model: dict) -> str:
     return f"{model['num_layers']}-layer {'bidirectional ' if model['bidirectional'] else ''}{model['cell'].upper()}"
 
@@ -94,7 +103,7 @@ Labels: {", ".join(f"`{name}`" for name in labels)}. Trained with sentiment-trai
 
 - Training data: {describe_data(config["data"])}
 - {stats.get("train_examples", "?")} training and {stats.get("validation_examples", "?")} validation examples
-  (validation {validation}); texts cut to the first {meta["max_length"]} tokens
+  (validation {validation}); texts cut to {kept_tokens(meta)}
 - Tokenizer: {config["tokenizer"]["model"]}, {meta["vocab_size"]} tokens (`tokenizer.json`)
 
 ## Model

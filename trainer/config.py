@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,13 @@ class TrainConfig:
             "step with this decay (e.g. 0.999; 0 = off: the trained weights themselves)"
         },
     )
+    class_weights: str = field(
+        default="none",
+        metadata={
+            "help": "weigh each example's training loss by its class: none, balanced (inverse frequency in the "
+            "training split) or one weight per class, in label order (1,9)"
+        },
+    )
     adversarial_epsilon: float = field(
         default=0.0,
         metadata={
@@ -85,6 +93,17 @@ class TrainConfig:
         check_range("train.eval_every_steps", self.eval_every_steps, 0)
         check_range("train.ema_decay", self.ema_decay, 0.0, 0.999999)
         check_range("train.adversarial_epsilon", self.adversarial_epsilon, 0.0)
+        self.class_weights = str(self.class_weights).strip()
+        if self.class_weights not in ("none", "balanced"):
+            try:
+                weights = [float(w) for w in self.class_weights.split(",")]
+            except ValueError:
+                weights = []
+            if not weights or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+                raise UserError(
+                    f"train.class_weights={self.class_weights} is not none, balanced or a list of weights, one per "
+                    "class (e.g. 1,9): non-negative numbers, not all zero"
+                )
 
 
 @dataclass

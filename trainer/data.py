@@ -31,16 +31,17 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from trainer import corpus
-from trainer.errors import UserError, check_range, check_writable_dir
+from trainer.errors import UserError, check_choice, check_range, check_writable_dir
 from trainer.labels import LabelMap
 from trainer.tokenizer import (
+    TRUNCATIONS,
     TokenizerConfig,
+    Truncator,
     load_tokenizer,
     pad_batch,
     pad_id,
     save_tokenizer,
     train_tokenizer,
-    truncating_copy,
 )
 
 BUILTIN = "builtin"
@@ -114,6 +115,13 @@ class DataConfig:
     )
     cv_fold: int = field(default=0, metadata={"help": "which fold (0 .. cv_folds-1) is the validation split"})
     max_length: int = field(default=128, metadata={"help": "truncate texts to this many tokens"})
+    truncation: str = field(
+        default="head",
+        metadata={
+            "help": "which tokens of a longer text are kept: head (the first), tail (the last) or head_tail (the "
+            "first quarter and the last three quarters of max_length); prediction does the same"
+        },
+    )
     max_train_examples: int | None = field(default=None, metadata={"help": "use at most this many training rows"})
     max_eval_examples: int | None = field(default=None, metadata={"help": "use at most this many validation rows"})
     group_by_length: bool = field(
@@ -152,6 +160,7 @@ class DataConfig:
         if self.validation_files and not self.train_files:
             raise UserError("data.validation_files needs data.train_files too (local files for both splits)")
         check_range("data.max_length", self.max_length, 1)
+        check_choice("data.truncation", self.truncation, TRUNCATIONS)
         if self.csv_delimiter is not None and len(self.csv_delimiter) != 1:
             raise UserError(f"data.csv_delimiter={self.csv_delimiter!r} must be one character, e.g. ';'")
         check_range("data.num_workers", self.num_workers, 0)
@@ -165,6 +174,11 @@ class DataConfig:
         for key in ("max_train_examples", "max_eval_examples"):
             if getattr(self, key) is not None:
                 check_range(f"data.{key}", getattr(self, key), 1)
+
+    def tokens_identity(self) -> list:
+        """What decides a split's token ids besides the texts and the tokenizer (a cache key part);
+        the default truncation adds nothing, so caches written before it existed stay valid."""
+        return [self.max_length] + ([self.truncation] if self.truncation != "head" else [])
 
     @property
     def text_columns(self) -> list[str]:
@@ -828,7 +842,12 @@ def cached_num_proc(cache_file: Path) -> int | None:
 
 
 def tokenize_split(
-    ds: datasets.Dataset, tokenizer: Tokenizer, max_length: int, cache_file: Path, num_proc: int | None = 1
+    ds: datasets.Dataset,
+    tokenizer: Tokenizer,
+    max_length: int,
+    cache_file: Path,
+    num_proc: int | None = 1,
+    truncation: str = "head",
 ) -> tuple[datasets.Dataset, bool]:
     """Batched ``datasets.map`` tokenisation cached in ``cache_file``; returns (dataset, cache hit).
 
@@ -843,11 +862,11 @@ def tokenize_split(
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"cache_file_name": str(cache_file), "load_from_cache_file": True}
     if num_proc == 1:
-        return tokenize(ds, tokenizer, max_length, **kwargs), hit
+        return tokenize(ds, tokenizer, max_length, truncation, **kwargs), hit
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by the forked processes
     try:
-        return tokenize(ds, tokenizer, max_length, num_proc=num_proc, **kwargs), hit
+        return tokenize(ds, tokenizer, max_length, truncation, num_proc=num_proc, **kwargs), hit
     finally:
         if previous is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
@@ -855,14 +874,17 @@ def tokenize_split(
             os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
-def tokenize(ds: datasets.Dataset, tokenizer: Tokenizer, max_length: int, **map_kwargs) -> datasets.Dataset:
-    """``text`` -> ``input_ids`` (at most max_length), ``length`` and ``truncated``, by batched map."""
-    truncating = truncating_copy(tokenizer, max_length)  # encode_batch_fast: no offsets, not used here
+def tokenize(
+    ds: datasets.Dataset, tokenizer: Tokenizer, max_length: int, truncation: str = "head", **map_kwargs
+) -> datasets.Dataset:
+    """``text`` -> ``input_ids`` (at most max_length, kept by ``truncation``), ``length`` and
+    ``truncated``, by batched map."""
+    truncator = Truncator(tokenizer, max_length, truncation)
 
     def encode(batch: dict) -> dict:
-        encodings = truncating.encode_batch_fast(batch["text"])
+        encodings = truncator.encode(batch["text"])
         ids = [encoding.ids for encoding in encodings]
-        truncated = [bool(encoding.overflowing) for encoding in encodings]
+        truncated = [encoding.truncated for encoding in encodings]
         return {"input_ids": ids, "length": [len(x) for x in ids], "truncated": truncated}
 
     return ds.map(encode, batched=True, batch_size=1000, remove_columns=["text"], desc="Tokenising", **map_kwargs)
@@ -911,7 +933,7 @@ def prepare_data(
         tokenizer, stats["tokenizer_source"] = Tokenizer.from_str(tokenizer_json), "main process"
     stats["load_seconds"] = round(time.perf_counter() - started, 2)
     with co.main_process_first():
-        tokens_key = _digest([data_key, tokenizer_json, config.max_length])
+        tokens_key = _digest([data_key, tokenizer_json, *config.tokens_identity()])
         tokenized = {}
         for split, ds in splits.items():
             tokenized[split], stats[f"{split}_tokens_cache_hit"] = tokenize_split(
@@ -920,6 +942,7 @@ def prepare_data(
                 config.max_length,
                 cache_dir / "tokenized" / f"{tokens_key}-{split}.arrow",
                 config.num_proc,
+                config.truncation,
             )
     stats["tokenize_seconds"] = round(time.perf_counter() - started - stats["load_seconds"], 2)
     return PreparedData(tokenized["train"], tokenized["validation"], tokenizer, label_map, stats)
@@ -952,9 +975,11 @@ def prepare_unlabeled(
         rows = len(ds)
         ds = ds.filter(lambda b: [isinstance(t, str) and _present(t) for t in b["text"]], batched=True)
         ds = ds.map(lambda b: {"label": [-1] * len(b["text"])}, batched=True)
-        key = _digest([identity, tokenizer.to_str(), config.max_length])
+        key = _digest([identity, tokenizer.to_str(), *config.tokens_identity()])
         cache_file = cache_dir / "tokenized" / f"{key}-unlabeled.arrow"
-        tokenized, hit = tokenize_split(ds, tokenizer, config.max_length, cache_file, config.num_proc)
+        tokenized, hit = tokenize_split(
+            ds, tokenizer, config.max_length, cache_file, config.num_proc, config.truncation
+        )
     stats = {"unlabeled_examples": len(tokenized), "unlabeled_dropped_empty": rows - len(ds)}
     return tokenized, stats | {"unlabeled_tokens_cache_hit": hit}
 

@@ -33,9 +33,10 @@ from trainer.collective import report
 from trainer.data import PaddingCollator, encode_labels, lengths_of, load_labelled, tokenize
 from trainer.errors import UserError, exit_for, stdout_closed
 from trainer.export import load_exported
-from trainer.inference import add_model_arguments, check_same_labels
+from trainer.inference import SentimentModel, add_model_arguments, check_same_labels
 from trainer.labels import LabelMap
-from trainer.metrics import classification_metrics
+from trainer.metrics import classification_metrics, per_class_report
+from trainer.mistakes import check_outputs, top_mistakes, write_mistakes
 from trainer.validation import gather_predictions
 
 
@@ -72,7 +73,10 @@ def evaluate_model(args: argparse.Namespace) -> dict:
             where = args.data if Path(args.data).exists() else f"the {args.split} split of {args.data}"
             ds = encode_labels(ds, label_map, where, keep_in_memory=True)
             # One order for every model (the first one's lengths): batches of similar length.
-            tokenized = [tokenize(ds, tok, int(m["max_length"]), keep_in_memory=True) for _, tok, m in models]
+            tokenized = [
+                tokenize(ds, tok, int(m["max_length"]), m.get("truncation", "head"), keep_in_memory=True)
+                for _, tok, m in models
+            ]
     except UserError as exc:  # the same data on every process: reported once
         exc.on_every_rank = True
         raise
@@ -91,11 +95,21 @@ def evaluate_model(args: argparse.Namespace) -> dict:
         probabilities = torch.stack([p for p, _, _ in scored]).mean(0)
         losses = -probabilities.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-12).log()
     metrics = classification_metrics(probabilities, labels, losses)
+    if args.errors and accelerator.is_main_process:
+        texts = ds.select(order)["text"]  # the loader's order, which gather_for_metrics keeps
+        mistakes = top_mistakes(texts, probabilities, labels, losses, names, args.errors)
+        title = f"The {len(mistakes)} most confident mistakes of {_models(args.model)} on {Path(args.data).name}"
+        if len(args.model) > 1:
+            title += f" (attention of {args.model[0]})"
+        attention_model = SentimentModel(*models[0])
+        written = write_mistakes(mistakes, args.errors_out, attention_model, title)
+        print(f"wrote {written[0]} and {written[1]} ({len(mistakes)} mistakes)", file=sys.stderr)
     result = {"model": args.model[0] if len(args.model) == 1 else args.model, "data": args.data}
     if not Path(args.data).exists():
         result["split"] = args.split
     result |= {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-    result |= {"labels": names, "confusion_matrix": confusion_matrix(probabilities, labels)}
+    result |= {"labels": names, "per_class": per_class_report(probabilities, labels, names)}
+    result |= {"confusion_matrix": confusion_matrix(probabilities, labels)}
     result |= {"skipped_rows": skipped, "truncated": truncated, "max_length": int(meta["max_length"])}
     result |= {"num_processes": accelerator.num_processes, "seconds": round(time.perf_counter() - started, 2)}
     return result
@@ -117,8 +131,14 @@ def show(result: dict) -> str:
         notes.append(f"{_count(result['truncated'], 'text')} truncated to {result['max_length']} tokens")
     what = f"{_models(result['model'])} on {result['data']}: {result['n']:,} examples"
     lines = [what + (f" ({'; '.join(notes)})" if notes else "")]
-    keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "precision", "recall", "f1", "roc_auc", "loss")
     lines.append(" | ".join(f"{k} {result[k]:.4f}" for k in keys if isinstance(result.get(k), float)))
+    name_width = max(8, *(len(n) for n in result["labels"])) + 2
+    if result.get("per_class"):
+        lines.append(f"{'':>{name_width}}{'precision':>11}{'recall':>9}{'f1':>9}{'support':>10}")
+    for name, row in result.get("per_class", {}).items():
+        scores = "".join(f"{row[k]:>{w}.4f}" for k, w in (("precision", 11), ("recall", 9), ("f1", 9)))
+        lines.append(f"{name:>{name_width}}{scores}{row['support']:>10,}")
     width = max(8, *(len(n) for n in result["labels"])) + 2
     lines.append("confusion matrix (rows: true label, columns: predicted)")
     lines.append(" " * width + "".join(f"{n:>{width}}" for n in result["labels"]))
@@ -137,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", metavar="PNG", help="also draw the confusion matrix into this PNG file")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+    parser.add_argument("--errors", type=int, default=0, metavar="N", help="write the N most confident mistakes")
+    parser.add_argument(
+        "--errors-out", default="errors", metavar="PREFIX", help="--errors files: PREFIX.jsonl and PREFIX.html"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --plot or --errors file")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-examples", type=int, help="evaluate the first N rows only")
     parser.add_argument("--cpu", action="store_true", help="use the CPU even when a GPU is present")
@@ -146,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
             raise UserError("--batch-size and --max-examples must be at least 1", on_every_rank=True)
+        if args.errors < 0:
+            raise UserError(f"--errors={args.errors} must be 0 (off) or more", on_every_rank=True)
+        if args.errors:
+            check_outputs(args.errors_out, args.overwrite)
         if args.plot and Path(args.plot).exists() and not args.overwrite:
             raise UserError(f"{args.plot} exists; choose another --plot path or pass --overwrite", on_every_rank=True)
         result = evaluate_model(args)

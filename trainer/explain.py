@@ -63,15 +63,17 @@ def _html_text(explanation: Explanation) -> str:
     return "".join(parts)
 
 
-def html_page(explanations: list[Explanation], title: str = "Attention") -> str:
-    """A self-contained page (inline CSS, no scripts) highlighting each text's tokens."""
+def html_page(explanations: list[Explanation], title: str = "Attention", captions: list[str] | None = None) -> str:
+    """A self-contained page (inline CSS, no scripts) highlighting each text's tokens; ``captions``
+    adds a line of text to each one's heading (the true label of a mistake)."""
     cards = []
     for number, e in enumerate(explanations, 1):
         probabilities = ", ".join(f"{name} {p:.3f}" for name, p in e.probabilities.items())
         top = " · ".join(f"{html.escape(t)} <small>{w:.3f}</small>" for t, w in top_tokens(e))
         note = f" · truncated to {e.num_tokens} tokens" if e.truncated else ""
+        caption = f" {html.escape(captions[number - 1])}" if captions else ""
         cards.append(
-            f'<section><h2>#{number}: <span class="label">{html.escape(e.label)}</span> '
+            f'<section><h2>#{number}: <span class="label">{html.escape(e.label)}</span>{caption} '
             f'<small>({probabilities}{note})</small></h2>\n<p class="text">{_html_text(e)}</p>\n'
             f'<p class="top">most attended: {top or "(no tokens)"}</p></section>'
         )

@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 
 from trainer.errors import UserError
 from trainer.export import load_exported
 from trainer.model import class_probabilities
-from trainer.tokenizer import pad_batch, truncating_copy
+from trainer.tokenizer import Encoded, Truncator, pad_batch
 
 
 @dataclass
@@ -61,15 +61,16 @@ class SentimentModel:
         self.max_length = int(meta["max_length"])
         self.pad_id = int(meta["pad_id"])
         self.tokenizer = tokenizer
-        self._truncating = truncating_copy(tokenizer, self.max_length)
+        self.truncation = meta.get("truncation", "head")  # exports older than the option kept the head
+        self._truncator = Truncator(tokenizer, self.max_length, self.truncation)
 
-    def encode(self, texts: Sequence[str], offsets: bool = False) -> list[Encoding]:
-        """Token ids, truncated to ``max_length``; with ``offsets``, also each token's characters
-        (what explanations show), which costs about a quarter more time (measured on IMDB)."""
-        texts = list(texts)
-        return self._truncating.encode_batch(texts) if offsets else self._truncating.encode_batch_fast(texts)
+    def encode(self, texts: Sequence[str], offsets: bool = False) -> list[Encoded]:
+        """Token ids cut to ``max_length`` as in training (the export's ``truncation``); with
+        ``offsets``, also the tokens and their characters (what explanations show), which costs
+        about a quarter more time (measured on IMDB)."""
+        return self._truncator.encode(list(texts), offsets)
 
-    def _forward(self, encodings: list[Encoding], attention: bool = False):
+    def _forward(self, encodings: list[Encoded], attention: bool = False):
         input_ids, lengths = pad_batch([e.ids for e in encodings], self.pad_id)
         with torch.inference_mode():
             out = self.model(input_ids.to(self.device), lengths.to(self.device), return_attention=attention)
@@ -78,16 +79,16 @@ class SentimentModel:
             raise UserError("the model gave non-finite (nan or inf) outputs: its weights are damaged; use another one")
         return class_probabilities(logits).cpu(), (weights.cpu() if attention else None)
 
-    def _prediction(self, probabilities: torch.Tensor, encoding: Encoding) -> dict:
+    def _prediction(self, probabilities: torch.Tensor, encoding: Encoded) -> dict:
         probs = {name: round(float(p), 6) for name, p in zip(self.labels, probabilities.tolist(), strict=True)}
         return {
             "label": self.labels[int(probabilities.argmax())],
             "probabilities": probs,
             "num_tokens": len(encoding.ids),
-            "truncated": bool(encoding.overflowing),
+            "truncated": encoding.truncated,
         }
 
-    def _scores(self, encodings: list[Encoding], batch_size: int, attention: bool) -> tuple[torch.Tensor, list]:
+    def _scores(self, encodings: list[Encoded], batch_size: int, attention: bool) -> tuple[torch.Tensor, list]:
         """(N, C) probabilities and, with ``attention``, each text's weights; in the order given."""
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))  # batches of similar length
         probabilities = torch.empty(len(encodings), len(self.labels))
@@ -162,8 +163,9 @@ class Ensemble:
         names = names or [f"model {i + 1}" for i in range(len(self.members))]
         check_same_labels([member.labels for member in self.members], names)
         self.labels, self.max_length = self.members[0].labels, self.members[0].max_length
+        self.meta = self.members[0].meta  # what the first model reads (max_length, truncation)
 
-    def _averaged(self, texts: Sequence[str], batch_size: int) -> tuple[torch.Tensor, list[Encoding]]:
+    def _averaged(self, texts: Sequence[str], batch_size: int) -> tuple[torch.Tensor, list[Encoded]]:
         """The members' average probabilities and the first member's encodings (read once)."""
         _check_texts(texts)
         first, *others = self.members

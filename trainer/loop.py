@@ -144,8 +144,8 @@ def train_step(run, batch: dict, guard, records: TrainRecords) -> bool:
         weight = share / sampler.step_examples(run.state.batches_in_epoch)
         accelerator.backward(loss * weight if weight != 1 else loss)
         grad_norm = None
-        if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
+        if accelerator.sync_gradients:  # the norm before clipping is logged; inf: measured, not clipped
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm or float("inf"))
         run.optimizer.step()  # a no-op on accumulation micro-steps
         run.optimizer.zero_grad(set_to_none=True)
     run.state.batches_in_epoch += 1

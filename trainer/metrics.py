@@ -45,11 +45,15 @@ def classification_metrics(probabilities: torch.Tensor, labels: torch.Tensor, lo
     recall = torch.where(actual > 0, true_pos / actual.clamp(min=1), torch.zeros_like(true_pos))
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros_like(true_pos))
     metrics = {"loss": losses.double().mean().item(), "accuracy": (predictions == labels).double().mean().item()}
+    # Under class imbalance (as scikit-learn): the mean recall over the classes in labels, and the
+    # mean F1 over the classes in labels or predictions.
+    occurring, present = actual > 0, (actual + predicted) > 0
+    metrics["balanced_accuracy"] = recall[occurring].mean().item()
+    metrics["macro_f1"] = f1[present].mean().item()
     if num_classes == 2:
         metrics.update(precision=precision[1].item(), recall=recall[1].item(), f1=f1[1].item())
         metrics["roc_auc"] = roc_auc(probabilities[:, 1], labels)
     else:  # macro averages over the classes that occur (in labels or predictions), as scikit-learn
-        present = (actual + predicted) > 0
         metrics.update(
             precision=precision[present].mean().item(),
             recall=recall[present].mean().item(),
@@ -59,10 +63,25 @@ def classification_metrics(probabilities: torch.Tensor, labels: torch.Tensor, lo
     return metrics
 
 
+def per_class_report(probabilities: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, dict]:
+    """Precision, recall, F1 and support of each class, by name (as scikit-learn's classification_report)."""
+    num_classes = probabilities.size(1)
+    predictions = probabilities.argmax(dim=1)
+    report = {}
+    for c, name in enumerate(names[:num_classes]):
+        true_pos = int(((predictions == c) & (labels == c)).sum())
+        predicted, support = int((predictions == c).sum()), int((labels == c).sum())
+        precision = true_pos / predicted if predicted else 0.0
+        recall = true_pos / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        report[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    return report
+
+
 # Metrics reported for 2 classes and for 3 or more (no ROC-AUC there).
-METRICS_FOR = {2: ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")}
+METRICS_FOR = {2: ("loss", "accuracy", "balanced_accuracy", "macro_f1", "precision", "recall", "f1", "roc_auc")}
 METRICS_FOR[3] = METRICS_FOR[2][:-1]
-METRIC_MODES = {"loss": "min", "accuracy": "max", "precision": "max", "recall": "max", "f1": "max", "roc_auc": "max"}
+METRIC_MODES = {"loss": "min", **{name: "max" for name in METRICS_FOR[2][1:]}}
 
 
 def is_better(value: float, best: float | None, metric: str) -> bool:

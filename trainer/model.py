@@ -205,12 +205,23 @@ class SentimentRNN(RecurrentEncoder):
         return self.classifier(self.dropout(context)), weights
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """BCE-with-logits for one logit (two classes), cross-entropy otherwise; computed in float32."""
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean", weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """BCE-with-logits for one logit (two classes), cross-entropy otherwise; computed in float32.
+
+    ``weights`` (C,) multiplies each example's loss by its class's weight; the mean stays over
+    examples (as scikit-learn's ``class_weight``). For one logit this is BCE with
+    ``pos_weight = weights[1] / weights[0]``, scaled by ``weights[0]``.
+    """
     logits = logits.float()
     if logits.size(-1) == 1:
-        return F.binary_cross_entropy_with_logits(logits.squeeze(-1), labels.float(), reduction=reduction)
-    return F.cross_entropy(logits, labels, reduction=reduction)
+        losses = F.binary_cross_entropy_with_logits(logits.squeeze(-1), labels.float(), reduction="none")
+    else:
+        losses = F.cross_entropy(logits, labels, reduction="none")
+    if weights is not None:
+        losses = losses * weights.to(losses.device)[labels]
+    return losses.mean() if reduction == "mean" else losses
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:

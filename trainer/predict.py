@@ -25,6 +25,7 @@ import os
 import sys
 from pathlib import Path
 
+from trainer.card import kept_tokens
 from trainer.errors import UserError, check_writable_dir, exit_for, stdout_closed
 from trainer.explain import ansi, html_page, top_tokens
 from trainer.inference import add_model_arguments, load_model
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if truncated:
         print(
             f"note: {truncated} of {len(results)} texts had more than {model.max_length} tokens and were "
-            f"truncated to the first {model.max_length} (the model's max_length)",
+            f"truncated to {kept_tokens(model.meta)} (the model's max_length and truncation)",
             file=sys.stderr,
         )
     if args.html:

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
 
 from trainer.card import model_card
@@ -16,7 +17,7 @@ from trainer.config import Config, to_yaml
 from trainer.data import Coordination, PreparedData, prepare_data
 from trainer.errors import UserError
 from trainer.export import export_model
-from trainer.loss import training_loss
+from trainer.loss import class_weights, training_loss
 from trainer.metrics import METRICS_FOR
 from trainer.model import SentimentRNN
 from trainer.tokenizer import pad_id
@@ -49,9 +50,19 @@ class Classification:
     def configure(self, config: Config) -> Config:
         return config
 
+    def __init__(self) -> None:
+        self.class_weights: torch.Tensor | None = None
+
     def data(self, config: Config, coordination: Coordination) -> PreparedData:
         data = prepare_data(config.data, config.tokenizer, coordination)
         labels = len(data.label_map.names)
+        column = data.train.with_format("arrow")["label"].to_numpy()
+        counts = np.bincount(column, minlength=labels).tolist()
+        data.stats["train_label_counts"] = dict(zip(data.label_map.names, counts, strict=True))
+        weights = class_weights(config.train.class_weights, counts, data.label_map.names)
+        if weights is not None:
+            data.stats["class_weights"] = dict(zip(data.label_map.names, weights, strict=True))
+            self.class_weights = torch.tensor(weights)
         if config.checkpoint.best_metric not in METRICS_FOR[min(labels, 3)]:
             raise UserError(
                 f"checkpoint.best_metric={config.checkpoint.best_metric} needs two classes; "
@@ -66,7 +77,8 @@ class Classification:
         )
 
     def loss(self, run: Run, batch: dict) -> torch.Tensor:
-        return training_loss(run.model, batch, run.accelerator, run.config.train.adversarial_epsilon)
+        epsilon = run.config.train.adversarial_epsilon
+        return training_loss(run.model, batch, run.accelerator, epsilon, self.class_weights)
 
     def evaluate(self, run: Run) -> dict:
         return evaluate(run.weights(), run.eval_loader, run.accelerator)
@@ -79,6 +91,7 @@ class Classification:
         metric = run.config.checkpoint.best_metric
         selected = f"the best validation {metric} of the run" if name == "best" else "the last step of the run"
         extra = {
+            "truncation": run.config.data.truncation,
             "step": step,
             "metrics": metrics,
             "selected_by": selected,

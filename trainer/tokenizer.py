@@ -92,11 +92,62 @@ def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:
     Path(path).write_text(tokenizer.to_str(), encoding="utf-8")
 
 
-def truncating_copy(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
-    """A copy that truncates to ``max_length`` in Rust; ``tokenizer`` (saved with the model) stays as it is."""
-    copy = Tokenizer.from_str(tokenizer.to_str())
-    copy.enable_truncation(max_length)
-    return copy
+TRUNCATIONS = ("head", "tail", "head_tail")
+
+
+@dataclass
+class Encoded:
+    """One text's tokens after truncation; ``tokens`` and ``offsets`` (characters) only when asked for."""
+
+    ids: list[int]
+    truncated: bool
+    tokens: list[str] = field(default_factory=list)
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+
+
+def head_tail_sizes(max_length: int) -> tuple[int, int]:
+    """The tokens ``head_tail`` keeps from the start and from the end: a quarter and the rest
+    (Sun et al. 2019 kept 128 + 382 of BERT's 510 for IMDB)."""
+    head = max_length // 4
+    return head, max_length - head
+
+
+class Truncator:
+    """Encodes texts to at most ``max_length`` token ids, in Rust: the first tokens (``head``), the
+    last (``tail``) or both (``head_tail``). Training, validation and prediction all use it, so a
+    model reads its texts the way it was trained to. ``tokenizer`` itself is left as it is."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, truncation: str = "head") -> None:
+        check_choice("data.truncation", truncation, TRUNCATIONS)
+        self.max_length, self.truncation = max_length, truncation
+        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        if truncation == "head_tail":
+            self.tokenizer.no_truncation()  # every token, then the two ends are kept
+        else:
+            self.tokenizer.enable_truncation(max_length, direction="left" if truncation == "tail" else "right")
+
+    def encode(self, texts: list[str], offsets: bool = False) -> list[Encoded]:
+        """Without ``offsets``, ``encode_batch_fast`` (no character offsets: about a quarter faster)."""
+        encodings = self.tokenizer.encode_batch(texts) if offsets else self.tokenizer.encode_batch_fast(texts)
+        if self.truncation != "head_tail":
+            return [
+                Encoded(e.ids, bool(e.overflowing), e.tokens if offsets else [], e.offsets if offsets else [])
+                for e in encodings
+            ]
+        head, tail = head_tail_sizes(self.max_length)
+
+        def ends(xs: list) -> list:
+            return list(xs) if len(xs) <= self.max_length else [*xs[:head], *xs[len(xs) - tail :]]
+
+        return [
+            Encoded(
+                ends(e.ids),
+                len(e.ids) > self.max_length,
+                ends(e.tokens) if offsets else [],
+                [tuple(o) for o in ends(e.offsets)] if offsets else [],
+            )
+            for e in encodings
+        ]
 
 
 def padded_width(longest: int, multiple: int = 1, buckets_per_octave: int = 0) -> int:

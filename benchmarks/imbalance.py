@@ -1,0 +1,118 @@
+"""Class imbalance: a preset trained on a skewed split, without and with ``--train.class_weights``.
+
+Writes, from a labelled CSV with a group column (IMDB train with ``movie_id`` by default):
+- a validation split of whole movies (``--data.split_seed``'s order), balanced by dropping reviews
+  of the larger class, about ``--validation`` reviews;
+- a training split of the other movies with every negative and only 1 positive in ``--ratio``+1
+  (90/10 for ``--ratio 9``; ``--minority negative`` swaps the classes).
+Then trains the preset once per weighting (``none``, ``balanced``; fresh ``python -m trainer``
+processes) and scores each run's ``best/`` on the balanced validation split with
+``python -m trainer.evaluate --json``: accuracy, balanced accuracy, macro-F1, per-class recall.
+
+    python benchmarks/imbalance.py -- --config imdb --data.max_length=256
+
+Arguments after -- go to the trainer. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+IMDB = REPO.parent / "shared" / "data" / "imdb" / "train.csv.gz"
+
+
+def write_splits(source: Path, out: Path, ratio: int, validation: int, seed: int, minority: str) -> dict:
+    opener = gzip.open if source.suffix == ".gz" else open
+    with opener(source, "rt", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_movie = defaultdict(list)
+    for row in rows:
+        by_movie[row["movie_id"]].append(row)
+    movies = sorted(by_movie)
+    random.Random(seed).shuffle(movies)
+    held, train = [], []
+    for movie in movies:
+        (held if len(held) < validation else train).extend(by_movie[movie])
+    rng = random.Random(seed)
+    minority_label = "1" if minority == "positive" else "0"
+    classes = {label: [r for r in held if r["label"] == label] for label in ("0", "1")}
+    smaller = min(len(c) for c in classes.values())
+    balanced = [r for c in classes.values() for r in rng.sample(c, smaller)]
+    majority = [r for r in train if r["label"] != minority_label]
+    minority_rows = [r for r in train if r["label"] == minority_label]
+    skewed = majority + rng.sample(minority_rows, min(len(minority_rows), len(majority) // ratio))
+    rng.shuffle(skewed)
+    for name, split in (("train", skewed), ("validation", balanced)):
+        with (out / f"{name}.csv").open("w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["text", "label", "movie_id"], extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(split)
+    return {
+        "train_examples": len(skewed),
+        "train_minority": sum(r["label"] == minority_label for r in skewed),
+        "validation_examples": len(balanced),
+        "minority": minority,
+    }
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(IMDB), help="a labelled CSV with text, label (0/1) and movie_id")
+    parser.add_argument("--ratio", type=int, default=9, help="majority examples per minority example")
+    parser.add_argument("--minority", choices=("positive", "negative"), default="positive")
+    parser.add_argument("--validation", type=int, default=2500, help="reviews held out before balancing")
+    parser.add_argument("--split-seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="--train.seed of both runs")
+    parser.add_argument("--weightings", default="none,balanced")
+    parser.add_argument("trainer_args", nargs="*")
+    args = parser.parse_args()
+    if not Path(args.data).is_file():
+        sys.exit(f"{args.data} not found; pass --data PATH to a CSV with text, label and movie_id")
+    work = Path(tempfile.mkdtemp(prefix="imbalance-"))
+    split = write_splits(Path(args.data), work, args.ratio, args.validation, args.split_seed, args.minority)
+    print(f"splits in {work}: {split}", file=sys.stderr, flush=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    data = [f"--data.train_files={work / 'train.csv'}", f"--data.validation_files={work / 'validation.csv'}"]
+    results = {}
+    for weighting in args.weightings.split(","):
+        out = work / f"run-{weighting}"
+        command = [sys.executable, "-m", "trainer", *args.trainer_args, *data, f"--train.class_weights={weighting}"]
+        command += [f"--train.seed={args.seed}", f"--train.output_dir={out}"]
+        started = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            sys.exit(f"training with class_weights={weighting} failed:\n{done.stderr[-3000:]}")
+        evaluate = [sys.executable, "-m", "trainer.evaluate", "--model", str(out / "best")]
+        evaluate += ["--data", str(work / "validation.csv"), "--json"]
+        scored = json.loads(subprocess.run(evaluate, env=env, capture_output=True, text=True, check=True).stdout)
+        info = json.loads((out / "run_info.json").read_text())
+        results[weighting] = {
+            key: round(scored[key], 4) for key in ("accuracy", "balanced_accuracy", "macro_f1", "f1", "loss")
+        } | {
+            "recall": {name: round(row["recall"], 4) for name, row in scored["per_class"].items()},
+            "class_weights": info["data"].get("class_weights"),
+            "train_seconds": round(seconds),
+        }
+        print(f"{weighting}: {results[weighting]}", file=sys.stderr, flush=True)
+    return {"split": split, "trainer_args": args.trainer_args, "seed": args.seed, "results": results}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    from trainer.hardware import cpu_info, describe_cpu
+
+    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
+    print(json.dumps({"cpu": cpu_info(), **main()}))

@@ -1,0 +1,62 @@
+"""Where a model is wrong: its most confident mistakes, as JSONL and as an attention page.
+
+``python -m trainer.evaluate ... --errors N`` writes them; each record has the text, the true and
+the predicted label, the probability of the predicted label and the example's loss.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from trainer.errors import UserError
+
+
+def output_paths(prefix: str) -> tuple[Path, Path]:
+    """``errors`` -> errors.jsonl and errors.html."""
+    base = Path(prefix)
+    base = base.with_suffix("") if base.suffix in (".jsonl", ".html") else base
+    return base.with_name(base.name + ".jsonl"), base.with_name(base.name + ".html")
+
+
+def check_outputs(prefix: str, overwrite: bool) -> None:
+    """Before any work: the two files must be new (or ``overwrite``) and their folder writable."""
+    for path in output_paths(prefix):
+        if path.exists() and not overwrite:
+            raise UserError(f"{path} exists; choose another --errors-out or pass --overwrite", on_every_rank=True)
+        if not path.parent.is_dir():
+            raise UserError(f"--errors-out: folder {path.parent} does not exist; create it first", on_every_rank=True)
+
+
+def top_mistakes(
+    texts: list[str], probabilities: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor, names: list[str], n: int
+) -> list[dict]:
+    """The ``n`` wrong predictions the model was surest of (highest probability of its wrong label)."""
+    predicted = probabilities.argmax(1)
+    wrong = (predicted != labels).nonzero().squeeze(1)
+    confidence = probabilities[wrong, predicted[wrong]]
+    order = wrong[confidence.argsort(descending=True, stable=True)][:n]
+    return [
+        {
+            "text": texts[i],
+            "label": names[int(labels[i])],
+            "predicted": names[int(predicted[i])],
+            "probability": round(float(probabilities[i, predicted[i]]), 6),
+            "loss": round(float(losses[i]), 6),
+        }
+        for i in order.tolist()
+    ]
+
+
+def write_mistakes(records: list[dict], prefix: str, model, title: str) -> tuple[Path, Path]:
+    """errors.jsonl, and errors.html: each mistake with ``model``'s attention over its tokens."""
+    from trainer.explain import html_page
+
+    jsonl, page = output_paths(prefix)
+    jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    explanations = model.explain_batch([r["text"] for r in records]) if records else []
+    captions = [f"(true label: {r['label']}; loss {r['loss']:.3f})" for r in records]
+    page.write_text(html_page(explanations, title, captions), encoding="utf-8")
+    return jsonl, page
