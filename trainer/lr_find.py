@@ -80,11 +80,14 @@ def lr_range_test(config, start: float, end: float, steps: int) -> dict:
             break
     if len(lrs) < 5:
         raise UserError(f"the loss diverged after {len(lrs)} steps; start lower (--start={start / 100:g})")
-    lowest = min(range(len(losses)), key=losses.__getitem__)
-    # The steepest fall of the smoothed loss per unit of log(lr), before its lowest point.
-    slopes = [(losses[i + 1] - losses[i - 1]) / math.log(lrs[i + 1] / lrs[i - 1]) for i in range(1, max(lowest, 2))]
-    steepest = 1 + min(range(len(slopes)), key=slopes.__getitem__) if slopes else lowest
+    skip = max(1, len(lrs) // 10)  # the first steps' smoothed loss is mostly the moving average settling
+    lowest = min(range(skip, len(losses)), key=losses.__getitem__)
+    # The steepest fall of the smoothed loss per unit of log(lr), between the skipped start and its lowest point.
+    candidates = range(skip, max(lowest, skip + 1))
+    slope = {i: (losses[i + 1] - losses[i - 1]) / math.log(lrs[i + 1] / lrs[i - 1]) for i in candidates}
+    steepest = min(slope, key=slope.__getitem__) if slope else lowest
     return {
+        "clear": losses[lowest] < 0.95 * losses[skip],  # did the loss fall at all over the range?
         "lr": lrs,
         "loss": losses,
         "raw_loss": raw,
@@ -141,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         plot(result, out, f"LR range test: {Path(args.config).stem}, {result['steps']} steps")
     except Exception as exc:
         return exit_for(exc, args.debug)
+    if not result["clear"]:
+        print(
+            f"note: the smoothed loss fell less than 5% over the range: {result['steps']} steps may be too few for "
+            "this data to start learning; give more --steps (or a wider --start/--end)",
+            file=sys.stderr,
+        )
     print(
         f"suggested lr {result['suggested_lr']:.3g} (the smoothed loss falls fastest there; lowest at "
         f"{result['min_loss_lr']:.3g}; the config has {result['configured_lr']:.3g}); wrote {out}",
