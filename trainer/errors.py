@@ -130,3 +130,12 @@ def check_writable_dir(path: str | Path, option: str, create: bool = False) -> N
         raise UserError(
             f"{option}={path} cannot be written ({exc.strerror or exc}); choose a folder you can write to"
         ) from exc
+
+
+def check_new_file(path: str | Path, option: str, overwrite: bool) -> None:
+    """Fail now, not after the work, if output file ``path`` exists (unless ``overwrite``) or its
+    folder cannot be written (a missing folder is fine: it is created when the file is written)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists; choose another {option} or pass --overwrite to replace it")
+    check_writable_dir(path.resolve().parent, option)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from trainer.collective import report
 from trainer.data import PaddingCollator, encode_labels, lengths_of, load_labelled, tokenize
-from trainer.errors import UserError, exit_for, stdout_closed
+from trainer.errors import UserError, check_new_file, exit_for, stdout_closed
 from trainer.export import load_exported
 from trainer.inference import SentimentModel, add_model_arguments, check_same_labels
 from trainer.labels import LabelMap
@@ -172,10 +172,14 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--batch-size and --max-examples must be at least 1", on_every_rank=True)
         if args.errors < 0:
             raise UserError(f"--errors={args.errors} must be 0 (off) or more", on_every_rank=True)
-        if args.errors:
-            check_outputs(args.errors_out, args.overwrite)
-        if args.plot and Path(args.plot).exists() and not args.overwrite:
-            raise UserError(f"{args.plot} exists; choose another --plot path or pass --overwrite", on_every_rank=True)
+        try:
+            if args.errors:
+                check_outputs(args.errors_out, args.overwrite)
+            if args.plot:
+                check_new_file(args.plot, "--plot", args.overwrite)
+        except UserError as exc:  # the same on every process: reported once
+            exc.on_every_rank = True
+            raise
         result = evaluate_model(args)
     except Exception as exc:
         return exit_for(exc, args.debug, report)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from trainer.config import load_config
-from trainer.errors import UserError, exit_for
+from trainer.errors import UserError, check_new_file, exit_for
 
 
 def lr_range_test(config, start: float, end: float, steps: int) -> dict:
@@ -135,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps < 10:
             raise UserError(f"--steps={args.steps} is too few for a range test; give at least 10")
         out = Path(args.out)
-        if out.exists() and not args.overwrite:
-            raise UserError(f"{out} exists; choose another --out or pass --overwrite")
-        if not out.parent.is_dir():
-            raise UserError(f"--out: folder {out.parent} does not exist; create it first")
+        check_new_file(out, "--out", args.overwrite)
         config = load_config(args.config, overrides)
         result = lr_range_test(config, args.start, args.end, args.steps)
         plot(result, out, f"LR range test: {Path(args.config).stem}, {result['steps']} steps")

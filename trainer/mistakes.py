@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.errors import UserError
+from trainer.errors import check_new_file
 
 
 def output_paths(prefix: str) -> tuple[Path, Path]:
@@ -24,10 +24,7 @@ def output_paths(prefix: str) -> tuple[Path, Path]:
 def check_outputs(prefix: str, overwrite: bool) -> None:
     """Before any work: the two files must be new (or ``overwrite``) and their folder writable."""
     for path in output_paths(prefix):
-        if path.exists() and not overwrite:
-            raise UserError(f"{path} exists; choose another --errors-out or pass --overwrite", on_every_rank=True)
-        if not path.parent.is_dir():
-            raise UserError(f"--errors-out: folder {path.parent} does not exist; create it first", on_every_rank=True)
+        check_new_file(path, "--errors-out", overwrite)
 
 
 def top_mistakes(

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from trainer.card import kept_tokens
-from trainer.errors import UserError, check_writable_dir, exit_for, stdout_closed
+from trainer.errors import UserError, check_new_file, exit_for, stdout_closed
 from trainer.explain import ansi, html_page, top_tokens
 from trainer.inference import add_model_arguments, load_model
 
@@ -88,10 +88,8 @@ def run(args: argparse.Namespace) -> int:
     explain = args.explain or bool(args.html)
     if explain and len(args.model) > 1:
         raise UserError("--explain and --html show one model's attention; give a single --model")
-    if args.html and Path(args.html).exists() and not args.overwrite:
-        raise UserError(f"{args.html} exists; choose another --html path or pass --overwrite to replace it")
     if args.html:  # before the predictions are printed, not after; a missing folder is created
-        check_writable_dir(Path(args.html).resolve().parent, "--html")
+        check_new_file(args.html, "--html", args.overwrite)
     texts = list(args.texts)
     if args.file:
         texts += read_texts(args.file, args.text_column)
