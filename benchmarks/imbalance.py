@@ -1,15 +1,18 @@
-"""Class imbalance: a preset trained on a skewed split, without and with ``--train.class_weights``.
+"""Class imbalance: a preset trained on a skewed split, without and with class weights or the balanced sampler.
 
 Writes, from a labelled CSV with a group column (IMDB train with ``movie_id`` by default):
 - a validation split of whole movies (``--data.split_seed``'s order), balanced by dropping reviews
   of the larger class, about ``--validation`` reviews;
 - a training split of the other movies with every negative and only 1 positive in ``--ratio``+1
   (90/10 for ``--ratio 9``; ``--minority negative`` swaps the classes).
-Then trains the preset once per weighting (``none``, ``balanced``; fresh ``python -m trainer``
-processes) and scores each run's ``best/`` on the balanced validation split with
+Then trains the preset once per variant (fresh ``python -m trainer`` processes): ``none``,
+``balanced`` (``--train.class_weights=balanced``) and ``sampler`` (``--data.sampler=balanced``,
+with ``--sampler-epochs`` epochs: its epochs are shorter, as many examples of each class as the
+minority has), and scores each run's ``best/`` on the balanced validation split with
 ``python -m trainer.evaluate --json``: accuracy, balanced accuracy, macro-F1, per-class recall.
 
     python benchmarks/imbalance.py -- --config imdb --data.max_length=256
+    python benchmarks/imbalance.py --variants sampler --sampler-epochs 40 -- --config imdb --data.max_length=256
 
 Arguments after -- go to the trainer. The last line is one JSON object.
 """
@@ -75,7 +78,8 @@ def main() -> dict:
     parser.add_argument("--validation", type=int, default=2500, help="reviews held out before balancing")
     parser.add_argument("--split-seed", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1, help="--train.seed of both runs")
-    parser.add_argument("--weightings", default="none,balanced")
+    parser.add_argument("--variants", default="none,balanced", help="of none, balanced, sampler")
+    parser.add_argument("--sampler-epochs", type=int, help="--train.epochs of the sampler run (default: the preset's)")
     parser.add_argument("trainer_args", nargs="*")
     args = parser.parse_args()
     if not Path(args.data).is_file():
@@ -86,27 +90,34 @@ def main() -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     data = [f"--data.train_files={work / 'train.csv'}", f"--data.validation_files={work / 'validation.csv'}"]
     results = {}
-    for weighting in args.weightings.split(","):
-        out = work / f"run-{weighting}"
-        command = [sys.executable, "-m", "trainer", *args.trainer_args, *data, f"--train.class_weights={weighting}"]
+    options = {"none": [], "balanced": ["--train.class_weights=balanced"], "sampler": ["--data.sampler=balanced"]}
+    if args.sampler_epochs:
+        options["sampler"].append(f"--train.epochs={args.sampler_epochs}")
+    for variant in args.variants.split(","):
+        if variant not in options:
+            sys.exit(f"--variants: {variant} is not one of {', '.join(options)}")
+        out = work / f"run-{variant}"
+        command = [sys.executable, "-m", "trainer", *args.trainer_args, *data, *options[variant]]
         command += [f"--train.seed={args.seed}", f"--train.output_dir={out}"]
         started = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - started
         if done.returncode != 0:
-            sys.exit(f"training with class_weights={weighting} failed:\n{done.stderr[-3000:]}")
+            sys.exit(f"training {variant} ({' '.join(options[variant]) or 'no option'}) failed:\n{done.stderr[-3000:]}")
         evaluate = [sys.executable, "-m", "trainer.evaluate", "--model", str(out / "best")]
         evaluate += ["--data", str(work / "validation.csv"), "--json"]
         scored = json.loads(subprocess.run(evaluate, env=env, capture_output=True, text=True, check=True).stdout)
         info = json.loads((out / "run_info.json").read_text())
-        results[weighting] = {
+        results[variant] = {
             key: round(scored[key], 4) for key in ("accuracy", "balanced_accuracy", "macro_f1", "f1", "loss")
         } | {
             "recall": {name: round(row["recall"], 4) for name, row in scored["per_class"].items()},
             "class_weights": info["data"].get("class_weights"),
+            "examples_per_epoch": info["examples_per_epoch"],
+            "total_steps": info["total_steps"],
             "train_seconds": round(seconds),
         }
-        print(f"{weighting}: {results[weighting]}", file=sys.stderr, flush=True)
+        print(f"{variant}: {results[variant]}", file=sys.stderr, flush=True)
     return {"split": split, "trainer_args": args.trainer_args, "seed": args.seed, "results": results}
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,21 @@ def reference(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def killed_at_11(tmp_path_factory):
+    """The reference run killed at step 11, with checkpoints at steps 4 and 8; tests resume copies."""
+    run = tmp_path_factory.mktemp("killed11") / "run"
+    train(run, env=faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    return run
+
+
 def steps_logged(run: Path) -> list[int]:
     return [r["step"] for r in read_jsonl(run / "metrics.jsonl") if "train/loss" in r]
 
 
-def test_killed_and_resumed_run_ends_bit_for_bit_equal(reference, tmp_path):
+def test_killed_and_resumed_run_ends_bit_for_bit_equal(reference, tmp_path, killed_at_11):
     run = tmp_path / "run"
-    train(run, env=faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    shutil.copytree(killed_at_11, run)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000004", "step-00000008"]
     result = train(run, "--resume", "auto")
     assert "resumed from" in result.stdout and "step-00000008" in result.stdout
@@ -99,9 +108,9 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(reference, tmp_path):
     assert digest(run) == digest(reference)
 
 
-def test_a_corrupted_checkpoint_is_reported_and_the_previous_one_used(reference, tmp_path):
+def test_a_corrupted_checkpoint_is_reported_and_the_previous_one_used(reference, tmp_path, killed_at_11):
     run = tmp_path / "run"
-    train(run, env=faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    shutil.copytree(killed_at_11, run)
     weights = run / "checkpoints" / "step-00000008" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
     result = train(run, "--resume", "auto")
@@ -225,21 +234,22 @@ def test_auto_resume_never_redoes_a_finished_run(tmp_path):
     [
         ("--optim.embedding_lr_scale=3", "embedding_lr_scale 1.0 -> 3.0"),
         ("--model.hidden_dim=24", "model.hidden_dim 16 -> 24"),
+        ("--data.sampler=balanced", "sampler random -> balanced"),  # before its other steps per epoch
     ],
 )
-def test_resuming_with_another_setup_is_refused(tmp_path, change, named):
+def test_resuming_with_another_setup_is_refused(tmp_path, killed_at_11, change, named):
     run = tmp_path / "run"
-    train(run, env=faults(FAULT_AT_STEP=6, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    shutil.copytree(killed_at_11, run)
     result = train(run, "--resume", "auto", change, expect=2)
     assert f"was made with another setup ({named}); resume with the same one" in result.stderr
 
 
-def test_resuming_with_another_global_batch_is_refused_with_the_flags_that_keep_it(tmp_path):
+def test_resuming_with_another_global_batch_is_refused_with_the_flags_that_keep_it(tmp_path, killed_at_11):
     run = tmp_path / "run"
-    train(run, env=faults(FAULT_AT_STEP=6, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    shutil.copytree(killed_at_11, run)
     result = train(run, "--resume", "auto", "--train.batch_size=16", expect=2)
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: checkpoint {run}/checkpoints/step-00000004 was saved with a global batch of 32 (batch size 32 x 1 "
+        f"error: checkpoint {run}/checkpoints/step-00000008 was saved with a global batch of 32 (batch size 32 x 1 "
         "process(es) x 1 accumulation step(s)); this run's is 16 (16 x 1 x 1): resume with "
         "--train.gradient_accumulation_steps=2 or --train.batch_size=32 (or --train.global_batch_size=32, which "
         "derives the accumulation)"
@@ -281,11 +291,9 @@ def test_resume_auto_never_trains_into_a_folder_of_other_files(tmp_path):
     assert {p.name: p.read_text() for p in run.iterdir()} == files
 
 
-def test_a_copied_run_folder_resumes_from_its_newest_checkpoint(reference, tmp_path):
-    run = tmp_path / "run"
-    train(run, env=faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+def test_a_copied_run_folder_resumes_from_its_newest_checkpoint(reference, tmp_path, killed_at_11):
     copy = tmp_path / "copy"
-    shutil.copytree(run, copy)
+    shutil.copytree(killed_at_11, copy)
     # As cp -r leaves them: modification times of the copy, in the order it copied (here: step 8 first).
     now = time.time()
     for age, name in ((100, "step-00000008"), (0, "step-00000004")):
@@ -309,9 +317,9 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
     assert "step-00000004 at step 4" in result.stdout and read_json(run / "run_info.json")["final_step"] == 34
 
 
-def test_with_every_checkpoint_corrupted_resume_refuses_without_claiming_a_fresh_start(tmp_path):
+def test_with_every_checkpoint_corrupted_resume_refuses_without_claiming_a_fresh_start(tmp_path, killed_at_11):
     run = tmp_path / "run"
-    train(run, env=faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    shutil.copytree(killed_at_11, run)
     for name in ("step-00000004", "step-00000008"):
         weights = run / "checkpoints" / name / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:100])
@@ -322,9 +330,9 @@ def test_with_every_checkpoint_corrupted_resume_refuses_without_claiming_a_fresh
     assert checkpoint_files(run) == before
 
 
-def test_a_metrics_line_cut_by_a_kill_does_not_stop_resume_or_plots(tmp_path):
+def test_a_metrics_line_cut_by_a_kill_does_not_stop_resume_or_plots(tmp_path, killed_at_11):
     run = tmp_path / "run"
-    train(run, env=faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    shutil.copytree(killed_at_11, run)
     with (run / "metrics.jsonl").open("a") as f:
         f.write('{"step": 11, "train/lo')  # a record cut mid-write
     done = subprocess.run(
@@ -343,7 +351,11 @@ def test_ctrl_c_stops_and_says_how_to_resume(tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "trainer", *COMMON, f"--train.output_dir={run}", "--train.epochs=200"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job (`pytest ... &`) starts with SIGINT ignored, and Python then keeps
+    # it ignored: give the run the default disposition a terminal's Ctrl-C meets.
+    default_sigint = partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, preexec_fn=default_sigint, **pipes)
     deadline = time.monotonic() + 120
     while not (run / "checkpoints").is_dir() or not any((run / "checkpoints").glob("step-*")):
         assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint was saved"

@@ -114,13 +114,12 @@ def test_every_example_once_per_epoch_across_processes_and_reproducible(tmp_path
 
 
 @pytest.mark.parametrize(
-    "option",
-    [None, "--train.ema_decay=0.8", "--train.adversarial_epsilon=1"],
-    ids=["weights", "moving-average", "adversarial"],
+    "options",
+    [[], ["--train.ema_decay=0.8", "--train.adversarial_epsilon=1", "--data.sampler=balanced"]],
+    ids=["weights", "moving-average-adversarial-balanced-sampler"],
 )
-def test_one_process_with_batch_b_matches_two_with_b_over_2(tmp_path, option):
-    common = ["--model.dropout=0", "--train.epochs=2", "--logging.tracker=none", "--optim.lr=1e-2"]
-    common += [option] if option else []
+def test_one_process_with_batch_b_matches_two_with_b_over_2(tmp_path, options):
+    common = ["--model.dropout=0", "--train.epochs=2", "--logging.tracker=none", "--optim.lr=1e-2", *options]
     one = tmp_path / "one"
     run_cli(["--config", "tiny", *common, "--train.batch_size=32", f"--train.output_dir={one}"], cwd=tmp_path)
     launch([*common, "--train.batch_size=16", f"--train.output_dir={tmp_path / 'two'}"], tmp_path)
@@ -132,6 +131,8 @@ def test_one_process_with_batch_b_matches_two_with_b_over_2(tmp_path, option):
     assert b["final_metrics"]["loss"] == pytest.approx(a["final_metrics"]["loss"], abs=2e-3)
     assert b["final_metrics"]["accuracy"] == pytest.approx(a["final_metrics"]["accuracy"], abs=1 / 60 + 1e-9)
     assert len(set(b["weight_digests"])) == 1, "every process ends with the same (averaged) weights"
+    assert a["examples_per_epoch"] == b["examples_per_epoch"]  # the balanced draw: smaller than the split
+    assert (a["examples_per_epoch"] < a["data"]["train_examples"]) == ("--data.sampler=balanced" in options)
 
 
 def test_schedule_steps_once_per_optimizer_step_with_processes_and_accumulation(tmp_path):

@@ -3,15 +3,17 @@
 import itertools
 import json
 import math
+from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate.data_loader import BatchSamplerShard
 from conftest import read_json, read_jsonl, review_rows, write_csv
 
 from trainer.cli import main
-from trainer.config import TrainConfig
-from trainer.data import DataConfig, prepare_data
+from trainer.config import Config, TrainConfig
+from trainer.data import DataConfig, LengthGroupedBatchSampler, prepare_data
 from trainer.errors import UserError
 from trainer.evaluate import main as evaluate_main
 from trainer.inference import load_model
@@ -63,6 +65,42 @@ def test_weighted_binary_loss_is_bce_with_pos_weight_scaled_by_the_negative_weig
     weights3 = torch.tensor([1.0, 2.0, 3.0])
     per_example = F.cross_entropy(logits3, labels3, reduction="none") * weights3[labels3]
     assert classification_loss(logits3, labels3, weights=weights3) == pytest.approx(per_example.mean().item())
+
+
+# the class-balanced sampler
+
+
+def test_the_balanced_sampler_draws_each_class_equally_and_each_example_at_most_once_across_shards():
+    labels = [0] * 70 + [1] * 23 + [2] * 11  # the rarest class has 11: 33 examples an epoch
+    lengths = [(i * 37) % 101 + 1 for i in range(len(labels))]
+    for accumulation in (1, 2):
+        sampler = LengthGroupedBatchSampler(lengths, 4, num_shards=2, seed=5, accumulation=accumulation, labels=labels)
+        assert sampler.steps_per_epoch == 33 // (8 * accumulation)  # the 1 left over joins the last step
+        draws = []
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            per_rank = [list(BatchSamplerShard(sampler, 2, rank)) for rank in range(2)]
+            assert len(per_rank[0]) == len(per_rank[1]) == len(sampler) // 2  # the processes stay in step
+            seen = Counter(i for batches in per_rank for batch in batches for i in batch)
+            assert set(seen.values()) == {1}, "an example twice in one epoch"
+            assert Counter(labels[i] for i in seen) == {0: 11, 1: 11, 2: 11}
+            assert set().union(*map(set, per_rank[0])).isdisjoint(set().union(*map(set, per_rank[1])))
+            draws.append(set(seen))
+        assert draws[0] != draws[1] != draws[2]  # a new draw of the common classes each epoch
+        assert all({i for i in d if labels[i] == 2} == set(range(93, 104)) for d in draws)  # the rarest: all
+        # A resumed run rebuilds the sampler and sets the epoch: the same batches, in the same order.
+        again = LengthGroupedBatchSampler(lengths, 4, num_shards=2, seed=5, accumulation=accumulation, labels=labels)
+        again.set_epoch(2)
+        assert list(again) == list(sampler)
+
+
+def test_the_balanced_sampler_is_refused_with_balanced_class_weights_and_tiny_splits():
+    with pytest.raises(UserError, match="use one of the two"):
+        Config(data=DataConfig(sampler="balanced"), train=TrainConfig(class_weights="balanced"))
+    with pytest.raises(UserError, match=r"data\.sampler='uniform' is not valid"):
+        DataConfig(sampler="uniform")
+    with pytest.raises(UserError, match="2 training examples drawn per epoch cannot be shared among 3 processes"):
+        LengthGroupedBatchSampler([5] * 10, 4, num_shards=3, labels=[0] * 9 + [1])
 
 
 # truncation
@@ -147,6 +185,14 @@ def test_a_skewed_run_with_balanced_weights_head_tail_and_no_clipping(tmp_path, 
     assert evaluate_main([*evaluate_args, "--json"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
+    # The run wrote best/'s 20 surest validation mistakes itself: evaluate's first 5 are its first 5.
+    in_run = read_jsonl(run / "mistakes.jsonl")
+    assert len(in_run) == min(20, sum(result["confusion_matrix"][i][1 - i] for i in (0, 1)))
+    assert read_json(run / "run_info.json")["mistakes"] == {"model": "best", "written": len(in_run)}
+    assert (run / "mistakes.html").read_text().count("<section>") == len(in_run)
+    first = read_jsonl(out.with_suffix(".jsonl"))
+    assert [(m["text"], m["label"]) for m in in_run[:5]] == [(m["text"], m["label"]) for m in first]
+    assert [m["probability"] for m in in_run[:5]] == pytest.approx([m["probability"] for m in first], abs=1e-5)
     assert {name: row["support"] for name, row in result["per_class"].items()} == {"negative": 50, "positive": 50}
     assert result["per_class"]["positive"]["recall"] == pytest.approx(result["confusion_matrix"][1][1] / 50)
     mistakes = read_jsonl(tmp_path / "mistakes.jsonl")
@@ -162,6 +208,27 @@ def test_a_skewed_run_with_balanced_weights_head_tail_and_no_clipping(tmp_path, 
     assert "exists; choose another --errors-out or pass --overwrite" in capsys.readouterr().err
     assert evaluate_main([*evaluate_args, "--overwrite"]) == 0
     assert "precision" in capsys.readouterr().out  # the per-class table in the terminal
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_a_run_with_the_balanced_sampler_sees_as_many_of_each_class_per_epoch(tmp_path, capsys):
+    rows = review_rows(600, seed=2)
+    skewed = [r for r in rows if r[1] == 0][:180] + [r for r in rows if r[1] == 1][:20]
+    run = tmp_path / "run"
+    args = [
+        "--config",
+        "tiny",
+        f"--train.output_dir={run}",
+        f"--data.train_files={write_csv(tmp_path / 't.csv', skewed)}",
+    ]
+    args += ["--data.validation_split=null", "--data.validation_fraction=0.1", "--data.sampler=balanced"]
+    assert main([*args, "--checkpoint.mistakes=0"]) == 0, capsys.readouterr().err
+    info = read_json(run / "run_info.json")
+    positives = info["data"]["train_label_counts"]["positive"]  # about 18 of the 20 after the carve
+    assert info["examples_per_epoch"] == 2 * positives and info["steps_per_epoch"] == math.ceil(2 * positives / 32)
+    assert info["total_steps"] == 2 * info["steps_per_epoch"]
+    assert not (run / "mistakes.jsonl").exists()  # --checkpoint.mistakes=0
 
 
 @pytest.mark.slow

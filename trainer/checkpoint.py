@@ -53,12 +53,20 @@ class CheckpointConfig:
     early_stopping_patience: int = field(
         default=0, metadata={"help": "stop after N validations without improvement (0 = never)"}
     )
+    mistakes: int = field(
+        default=20,
+        metadata={
+            "help": "at the end of training, the N validation examples the exported model (best/, else final/) "
+            "got wrong most confidently: mistakes.jsonl and mistakes.html in the run folder (0 = none)"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_choice("checkpoint.best_metric", self.best_metric, METRIC_MODES)
         check_range("checkpoint.save_every_steps", self.save_every_steps, 0)
         check_range("checkpoint.keep_last", self.keep_last, 1)
         check_range("checkpoint.early_stopping_patience", self.early_stopping_patience, 0)
+        check_range("checkpoint.mistakes", self.mistakes, 0)
 
 
 @dataclass
@@ -269,11 +277,27 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> dict:
     """
     saved = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
     saved.pop("save_sequence", None)
-    # Checkpoints older than train.ema_decay or the lr scales were made without them.
-    older = {"ema_decay": 0.0, "embedding_lr_scale": 1.0, "recurrent_lr_scale": 1.0, "task": "classification"}
+    # Checkpoints older than train.ema_decay, the lr scales or data.sampler were made without them.
+    older = {
+        "ema_decay": 0.0,
+        "embedding_lr_scale": 1.0,
+        "recurrent_lr_scale": 1.0,
+        "task": "classification",
+        "sampler": "random",
+    }
     saved_setup = {**older, **saved.get("setup", {})}
     if "steps_per_epoch" not in saved_setup:  # older checkpoints: the same split was required
         saved_setup["steps_per_epoch"] = state.setup.get("steps_per_epoch")
+    derived = (*SPLIT_KEYS, "steps_per_epoch")  # the split of the global batch, and what follows from it
+    changed = {
+        k: (v, state.setup.get(k)) for k, v in saved_setup.items() if k not in derived and state.setup.get(k) != v
+    }
+    if changed:
+        what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+        raise UserError(
+            f"checkpoint {path} was made with another setup ({what}); resume with the same one",
+            on_every_rank=True,
+        )
     problem = global_batch_problem(path, saved_setup, state.setup)
     if not problem and saved_setup["steps_per_epoch"] != state.setup.get("steps_per_epoch"):
         problem = (
@@ -284,15 +308,6 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> dict:
         )
     if problem:
         raise UserError(problem, on_every_rank=True)
-    changed = {
-        k: (v, state.setup.get(k)) for k, v in saved_setup.items() if k not in SPLIT_KEYS and state.setup.get(k) != v
-    }
-    if changed:
-        what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
-        raise UserError(
-            f"checkpoint {path} was made with another setup ({what}); resume with the same one",
-            on_every_rank=True,
-        )
     saved_processes = saved_setup["world_size"]
     has_rng = (path / f"random_states_{accelerator.process_index}.pkl").is_file()
     if not has_rng and accelerator.process_index < saved_processes:

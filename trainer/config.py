@@ -117,6 +117,13 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # python -m trainer.pretrain only
 
+    def __post_init__(self) -> None:
+        if self.data.sampler == "balanced" and self.train.class_weights == "balanced":
+            raise UserError(
+                "data.sampler=balanced already draws every class equally often, and train.class_weights=balanced "
+                "would weigh the rare classes up a second time: use one of the two"
+            )
+
 
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))

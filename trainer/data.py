@@ -48,6 +48,7 @@ BUILTIN = "builtin"
 FORMATS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")
 ROWS_PER_PROCESS = 10_000  # data.num_proc=null: a tokenising process for each this many rows
+SAMPLERS = ("random", "balanced")
 
 
 @dataclass
@@ -127,6 +128,13 @@ class DataConfig:
     group_by_length: bool = field(
         default=True, metadata={"help": "batch texts of similar length together (less padding)"}
     )
+    sampler: str = field(
+        default="random",
+        metadata={
+            "help": "random: every training example once per epoch; balanced: each epoch draws as many examples of "
+            "every class as the rarest has (a new draw each epoch, each example at most once), so epochs are shorter"
+        },
+    )
     pad_to_multiple_of: int | None = field(
         default=None,
         metadata={"help": "pad batches to a multiple of this many tokens (default: 8 under mixed precision, else 1)"},
@@ -161,6 +169,7 @@ class DataConfig:
             raise UserError("data.validation_files needs data.train_files too (local files for both splits)")
         check_range("data.max_length", self.max_length, 1)
         check_choice("data.truncation", self.truncation, TRUNCATIONS)
+        check_choice("data.sampler", self.sampler, SAMPLERS)
         if self.csv_delimiter is not None and len(self.csv_delimiter) != 1:
             raise UserError(f"data.csv_delimiter={self.csv_delimiter!r} must be one character, e.g. ';'")
         check_range("data.num_workers", self.num_workers, 0)
@@ -196,6 +205,7 @@ class PreparedData:
     tokenizer: Tokenizer
     label_map: LabelMap
     stats: dict
+    validation_texts: datasets.Dataset | None = None  # the validation split before tokenising: text, label
 
 
 def default_cache_dir() -> Path:
@@ -945,7 +955,7 @@ def prepare_data(
                 config.truncation,
             )
     stats["tokenize_seconds"] = round(time.perf_counter() - started - stats["load_seconds"], 2)
-    return PreparedData(tokenized["train"], tokenized["validation"], tokenizer, label_map, stats)
+    return PreparedData(tokenized["train"], tokenized["validation"], tokenizer, label_map, stats, splits["validation"])
 
 
 def prepare_unlabeled(
@@ -1004,6 +1014,12 @@ class LengthGroupedBatchSampler:
     ``step_examples`` tells the loop how many examples a batch's step has, so that every example
     of a step weighs the same however the step is split.
 
+    With ``labels`` (``--data.sampler=balanced``) an epoch is not the whole split: it draws, for
+    every class present, as many of its examples as the rarest class has, without replacement and
+    anew each epoch (from the seed and the epoch, so a resumed run draws the same), then batches
+    them as above. Every process holds the whole split's lengths and labels, so the processes agree
+    on the draw and deal it out like any epoch: each drawn example goes to one process, once.
+
     ``batch_size`` is None on purpose: it tells accelerate that batch sizes vary, so it does not
     try to complete short batches with examples from the start of the epoch.
     """
@@ -1019,9 +1035,19 @@ class LengthGroupedBatchSampler:
         group_by_length: bool = True,
         mega_batches: int = 50,
         accumulation: int = 1,
+        labels: list[int] | None = None,
     ) -> None:
-        if len(lengths) < num_shards:
-            raise UserError(f"{len(lengths)} training examples cannot be shared among {num_shards} processes")
+        self.classes = None
+        self.size = len(lengths)  # examples per epoch
+        if labels is not None:
+            by_class: dict[int, list[int]] = {}
+            for row, label in enumerate(labels):
+                by_class.setdefault(label, []).append(row)
+            self.classes = [by_class[label] for label in sorted(by_class)]
+            self.size = min(map(len, self.classes)) * len(self.classes)
+        if self.size < num_shards:
+            drawn = " drawn per epoch" if labels is not None else ""
+            raise UserError(f"{self.size} training examples{drawn} cannot be shared among {num_shards} processes")
         self.lengths = lengths
         self.per_batch = batch_size
         self.num_shards = num_shards
@@ -1037,12 +1063,12 @@ class LengthGroupedBatchSampler:
 
     def _last_rounds(self) -> int:
         """Rounds of the last, shorter step (0: none, its examples join the step before)."""
-        rest = len(self.lengths) % self.global_batch
+        rest = self.size % self.global_batch
         return min(self.accumulation, rest // self.num_shards)
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.lengths) // self.global_batch + (self._last_rounds() > 0)
+        return self.size // self.global_batch + (self._last_rounds() > 0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -1050,18 +1076,18 @@ class LengthGroupedBatchSampler:
     def step_examples(self, micro_batch: int) -> int:
         """The examples of the optimizer step that a process's ``micro_batch``-th batch of the
         epoch belongs to (all processes, all its micro-batches)."""
-        rest = len(self.lengths) % self.global_batch
+        rest = self.size % self.global_batch
         if not rest or micro_batch // self.accumulation < self.steps_per_epoch - 1:
             return self.global_batch
         return rest if self._last_rounds() else self.global_batch + rest  # the last step, kept last
 
     def __len__(self) -> int:
-        full_steps = len(self.lengths) // self.global_batch
+        full_steps = self.size // self.global_batch
         return (full_steps * self.accumulation + self._last_rounds()) * self.num_shards
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        order = self.epoch_rows(generator)
         size = self.global_batch
         if self.group_by_length:
             mega = size * self.mega_batches
@@ -1080,6 +1106,15 @@ class LengthGroupedBatchSampler:
             steps.append(last)
         for step in steps:
             yield from self._deal(step)
+
+    def epoch_rows(self, generator: torch.Generator) -> list[int]:
+        """This epoch's examples, shuffled: all of them, or the balanced draw."""
+        if self.classes is None:
+            return torch.randperm(len(self.lengths), generator=generator).tolist()
+        per_class, drawn = self.size // len(self.classes), []
+        for rows in self.classes:
+            drawn += [rows[i] for i in torch.randperm(len(rows), generator=generator)[:per_class].tolist()]
+        return [drawn[i] for i in torch.randperm(len(drawn), generator=generator).tolist()]
 
     def _deal(self, step: list[int]) -> list[list[int]]:
         """A step's batches, round by round: a full step in batches of ``batch_size``, any other
@@ -1131,8 +1166,10 @@ def build_dataloaders(
     """
     multiple = config.pad_to_multiple_of or (8 if mixed_precision else 1)
     collate = PaddingCollator(pad_id(data.tokenizer), multiple, config.length_buckets)
+    labels = data.train.with_format("arrow")["label"].to_pylist() if config.sampler == "balanced" else None
+    train_lengths = lengths_of(data.train)
     sampler = LengthGroupedBatchSampler(
-        lengths_of(data.train), batch_size, num_shards, seed, config.group_by_length, accumulation=accumulation
+        train_lengths, batch_size, num_shards, seed, config.group_by_length, accumulation=accumulation, labels=labels
     )
     common = {"collate_fn": collate, "num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
     common["pin_memory"] = pin_memory  # page-locked batches copy to a GPU faster

@@ -45,6 +45,7 @@ class LanguageModelling:
         config.train.epochs, config.train.max_steps, config.optim.lr = pretrain.epochs, pretrain.max_steps, pretrain.lr
         config.checkpoint.best_metric = "loss"  # the only metric a language model has
         config.train.adversarial_epsilon = 0.0  # a classifier's regulariser
+        config.data.sampler = "random"  # balancing classes is a classifier's concern
         return config
 
     def data(self, config: Config, coordination: Coordination) -> PreparedData:
@@ -75,6 +76,9 @@ class LanguageModelling:
         extra = {"step": step, "metrics": metrics, "selected_by": selected, "pretrain": asdict(run.config.pretrain)}
         extra |= {"data": asdict(run.config.data), "num_parameters": run.info["num_parameters"]}
         export_model(run.run_dir / name, run.weights(), run.data.tokenizer, [], run.config.data.max_length, extra)
+
+    def after_training(self, run) -> None:
+        """Nothing: a language model has no mistakes to show."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,10 @@ from trainer.config import Config, to_yaml
 from trainer.data import Coordination, PreparedData, prepare_data
 from trainer.errors import UserError
 from trainer.export import export_model
+from trainer.inference import load_model
 from trainer.loss import class_weights, training_loss
 from trainer.metrics import METRICS_FOR
+from trainer.mistakes import top_mistakes, write_mistakes
 from trainer.model import SentimentRNN
 from trainer.tokenizer import pad_id
 from trainer.validation import evaluate
@@ -38,6 +40,7 @@ class Task(Protocol):
     def evaluate(self, run: Run) -> dict: ...
     def summary(self, metrics: dict) -> str: ...
     def export(self, run: Run, name: str, step: int, metrics: dict) -> None: ...
+    def after_training(self, run: Run) -> None: ...
 
 
 class Classification:
@@ -101,3 +104,20 @@ class Classification:
         card = partial(model_card, config_yaml=yaml_text, config=config, stats=run.data.stats)
         labels, max_length = run.data.label_map.names, run.config.data.max_length
         export_model(run.run_dir / name, run.weights(), run.data.tokenizer, labels, max_length, extra, card)
+
+    def after_training(self, run: Run) -> None:
+        """mistakes.jsonl and mistakes.html in the run folder (main process): the validation examples
+        the exported model got wrong most confidently, scored as shipped (its tokenizer, truncation
+        and weights), with its attention over each text."""
+        count, texts = run.config.checkpoint.mistakes, run.data.validation_texts
+        folders = [run.run_dir / name for name in ("best", "final") if (run.run_dir / name / "config.json").is_file()]
+        if not count or not folders or texts is None:
+            return
+        model = load_model(folders[0], run.accelerator.device)
+        text, labels = texts["text"], torch.tensor(texts["label"])
+        probabilities = model.probabilities(text, batch_size=run.config.train.eval_batch_size or 64)
+        losses = -probabilities.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-12).log()
+        found = top_mistakes(text, probabilities, labels, losses, run.data.label_map.names, count)
+        title = f"The {len(found)} most confident validation mistakes of {folders[0]}"
+        write_mistakes(found, str(run.run_dir / "mistakes"), model, title)
+        run.info["mistakes"] = {"model": folders[0].name, "written": len(found)}

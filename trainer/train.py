@@ -138,7 +138,7 @@ def setup(config: Config, preset: str, task: Task | None = None) -> Run:
     info["resumed_from"] = resume_from
     info["data_per_rank"] = gather_object([data.stats])  # which process tokenised, which read the cache
     info["processes"] = gather_object([where_this_process_runs(accelerator)])
-    info |= {"total_steps": total_steps, "steps_per_epoch": sampler.steps_per_epoch}
+    info |= {"total_steps": total_steps, "steps_per_epoch": sampler.steps_per_epoch, "examples_per_epoch": sampler.size}
     info["num_parameters"] = sum(p.numel() for p in model.parameters())
     info["pretrained_embeddings"] = embedding_stats
     if accelerator.is_main_process:
@@ -180,6 +180,7 @@ def run_setup(config: Config, accelerator: Accelerator, data: PreparedData, step
         "gradient_accumulation_steps": train.gradient_accumulation_steps,
         "seed": train.seed,
         "train_examples": len(data.train),
+        "sampler": config.data.sampler,
         "steps_per_epoch": steps_per_epoch,
         "ema_decay": train.ema_decay,
         "embedding_lr_scale": config.optim.embedding_lr_scale,  # the optimizer's groups depend on it
@@ -260,6 +261,7 @@ def finish(run: Run, guard: FiniteGuard, metrics: dict, stop: Stop | None) -> in
     if run.accelerator.is_main_process:
         if config.checkpoint.save_final:
             run.task.export(run, "final", state.step, metrics)
+        run.task.after_training(run)
         run.info |= {"final_step": state.step, "final_metrics": metrics, "best_metric": config.checkpoint.best_metric}
         run.info |= {"best_metrics": state.best_metrics, "best_step": state.best_step, "weight_digests": digests}
         run.info |= {"stopped_early": stop is Stop.EARLY_STOPPING, "train_seconds": round(time.time() - run.started, 1)}
