@@ -204,6 +204,7 @@ def test_a_skewed_run_with_balanced_weights_head_tail_and_no_clipping(tmp_path, 
         assert m["loss"] == pytest.approx(-math.log(1 - m["probability"]), rel=1e-3, abs=1e-4)
     page = (tmp_path / "mistakes.html").read_text()
     assert page.count("<section>") == len(mistakes) and page.count("true label:") == len(mistakes)
+    assert f"<h1>The {len(mistakes)} most confident mistakes of {run / 'best'} on validation.csv</h1>" in page
     assert evaluate_main(evaluate_args) == 2  # never over the user's files without --overwrite
     assert "exists; choose another --errors-out or pass --overwrite" in capsys.readouterr().err
     assert evaluate_main([*evaluate_args, "--overwrite"]) == 0

@@ -116,7 +116,9 @@ def evaluate_model(args: argparse.Namespace) -> dict:
 
 
 def _models(model: str | list[str]) -> str:
-    return model if isinstance(model, str) else f"the ensemble of {', '.join(model)}"
+    """A model folder, or the ensemble of several (``--model`` given once is a list of one)."""
+    models = [model] if isinstance(model, str) else model
+    return models[0] if len(models) == 1 else f"the ensemble of {', '.join(models)}"
 
 
 def _count(n: int, noun: str) -> str:
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             from trainer.plot import plot_confusion
 
             shown = [f"{Path(m).parent.name}/{Path(m).name}" for m in args.model]
-            title = f"{_models(shown[0] if len(shown) == 1 else shown)} on {Path(args.data).name}"
+            title = f"{_models(shown)} on {Path(args.data).name}"
             plot_confusion(result["confusion_matrix"], result["labels"], args.plot, title)
             print(f"wrote {args.plot}", file=sys.stderr)
     return 0
