@@ -1016,7 +1016,7 @@ class LengthGroupedBatchSampler:
 
     With ``labels`` (``--data.sampler=balanced``) an epoch is not the whole split: it draws, for
     every class present, as many of its examples as the rarest class has, without replacement and
-    anew each epoch (from the seed and the epoch, so a resumed run draws the same), then batches
+    anew each epoch (from ``seed`` and the epoch, so a resumed run draws the same), then batches
     them as above. Every process holds the whole split's lengths and labels, so the processes agree
     on the draw and deal it out like any epoch: each drawn example goes to one process, once.
 
