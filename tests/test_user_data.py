@@ -209,6 +209,9 @@ def test_a_skewed_run_with_balanced_weights_head_tail_and_no_clipping(tmp_path, 
     assert "exists; choose another --errors-out or pass --overwrite" in capsys.readouterr().err
     assert evaluate_main([*evaluate_args, "--overwrite"]) == 0
     assert "precision" in capsys.readouterr().out  # the per-class table in the terminal
+    nested = tmp_path / "new" / "folder" / "errors"  # a missing folder is made, not an error after the work
+    assert evaluate_main([*evaluate_args[:-1], str(nested)]) == 0
+    assert read_jsonl(nested.with_suffix(".jsonl")) == read_jsonl(out.with_suffix(".jsonl"))
 
 
 @pytest.mark.slow

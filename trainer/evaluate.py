@@ -36,7 +36,7 @@ from trainer.export import load_exported
 from trainer.inference import SentimentModel, add_model_arguments, check_same_labels
 from trainer.labels import LabelMap
 from trainer.metrics import classification_metrics, per_class_report
-from trainer.mistakes import check_outputs, top_mistakes, write_mistakes
+from trainer.mistakes import check_outputs, losses_from, top_mistakes, write_mistakes
 from trainer.validation import gather_predictions
 
 
@@ -93,7 +93,7 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     probabilities, labels, losses = scored[0]
     if len(scored) > 1:  # the ensemble's own loss: the negative log of its averaged probability
         probabilities = torch.stack([p for p, _, _ in scored]).mean(0)
-        losses = -probabilities.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-12).log()
+        losses = losses_from(probabilities, labels)
     metrics = classification_metrics(probabilities, labels, losses)
     if args.errors and accelerator.is_main_process:
         texts = ds.select(order)["text"]  # the loader's order, which gather_for_metrics keeps

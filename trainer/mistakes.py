@@ -27,6 +27,12 @@ def check_outputs(prefix: str, overwrite: bool) -> None:
         check_new_file(path, "--errors-out", overwrite)
 
 
+def losses_from(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each example's loss from class probabilities: the negative log of its label's (an
+    ensemble's, or a model scored as shipped, has no logits)."""
+    return -probabilities.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-12).log()
+
+
 def top_mistakes(
     texts: list[str], probabilities: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor, names: list[str], n: int
 ) -> list[dict]:
@@ -52,6 +58,7 @@ def write_mistakes(records: list[dict], prefix: str, model, title: str) -> tuple
     from trainer.explain import html_page
 
     jsonl, page = output_paths(prefix)
+    jsonl.parent.mkdir(parents=True, exist_ok=True)  # check_outputs allowed a missing folder
     jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     explanations = model.explain_batch([r["text"] for r in records]) if records else []
     captions = [f"(true label: {r['label']}; loss {r['loss']:.3f})" for r in records]

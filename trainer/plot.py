@@ -59,6 +59,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def save(fig, path: Path, series: dict[str, int]) -> None:
+    """Write ``fig`` (its folder made if missing), recording how many points each series has."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, metadata={"Description": json.dumps({"series": series})})
 
 
@@ -113,7 +115,6 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], path: str | Path,
         for j, count in enumerate(row):
             ax.text(j, i, f"{count:,}", ha="center", va="center", color="white" if count > peak / 2 else "black")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     save(fig, path, {"confusion_matrix": sum(len(row) for row in matrix)})
     plt.close(fig)
     return path

@@ -20,7 +20,7 @@ from trainer.export import export_model
 from trainer.inference import load_model
 from trainer.loss import class_weights, training_loss
 from trainer.metrics import METRICS_FOR
-from trainer.mistakes import top_mistakes, write_mistakes
+from trainer.mistakes import losses_from, top_mistakes, write_mistakes
 from trainer.model import SentimentRNN
 from trainer.tokenizer import pad_id
 from trainer.validation import evaluate
@@ -116,8 +116,8 @@ class Classification:
         model = load_model(folders[0], run.accelerator.device)
         text, labels = texts["text"], torch.tensor(texts["label"])
         probabilities = model.probabilities(text, batch_size=run.config.train.eval_batch_size or 64)
-        losses = -probabilities.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-12).log()
-        found = top_mistakes(text, probabilities, labels, losses, run.data.label_map.names, count)
+        losses, names = losses_from(probabilities, labels), run.data.label_map.names
+        found = top_mistakes(text, probabilities, labels, losses, names, count)
         title = f"The {len(found)} most confident validation mistakes of {folders[0]}"
         write_mistakes(found, str(run.run_dir / "mistakes"), model, title)
         run.info["mistakes"] = {"model": folders[0].name, "written": len(found)}
