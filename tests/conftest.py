@@ -56,7 +56,21 @@ def run_cli(
     """Run the trainer (or ``module``: trainer.pretrain) in a fresh process; returns the CompletedProcess."""
     command = (launcher or [sys.executable]) + ["-m", module, *args]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if FAULTS.intersection(env or {}):
+        assert_fault_fired(result.stderr)
+    return result
+
+
+FAULTS = {"FAULT_AT_STEP", "FAULT_KILL_IN_SAVE", "FAULT_SLOW_STEP"}  # tests/faults/sitecustomize.py
+
+
+def assert_fault_fired(output: str) -> None:
+    """A run given a fault (tests/faults) must show that it fired, or the test proves nothing."""
+    assert "injected fault: " in output, (
+        "the injected fault never fired (tests/faults hooks trainer.loop.optimizer_step and checkpoint renames): "
+        f"the run did not fail where the test meant it to\n{output[-2000:]}"
+    )
 
 
 def free_port() -> int:

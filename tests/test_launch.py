@@ -1,15 +1,22 @@
 """The accelerate configs and launch scripts users start from."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from conftest import REPO, start, wait_all
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 CONFIGS = REPO / "accelerate_configs"
 
@@ -38,7 +45,7 @@ def test_every_accelerate_config_loads_with_accelerates_own_loader():
 
 @pytest.mark.slow  # starts a process
 def test_launch_scripts_are_valid_bash():
-    for script in ("setup.sh", "train.sh", "test.sh", "slurm.sbatch", "sweep_trial.sh"):
+    for script in ("setup.sh", "lock.sh", "train.sh", "test.sh", "slurm.sbatch", "sweep_trial.sh"):
         subprocess.run(["bash", "-n", str(REPO / "launch" / script)], check=True)
 
 
@@ -101,3 +108,73 @@ def test_sweep_trial_trains_through_train_sh_into_a_folder_per_wandb_run(tmp_pat
         f"--train.output_dir={tmp_path}/runs/sweep-abc123",
         "--optim.lr=0.002",
     ]
+
+
+def locked_versions() -> dict[str, Version]:
+    lines = (REPO / "launch" / "requirements.lock").read_text().splitlines()
+    pins = [re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", line) for line in lines]
+    return {canonicalize_name(m[1]): Version(m[2]) for m in pins if m}
+
+
+def project_requirements(extras: set[str] | None = None) -> list[Requirement]:
+    """The project's own requirements with these extras (all of them: None), as pyproject.toml states them."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    optional = project["optional-dependencies"]
+    return [Requirement(r) for r in project["dependencies"] + [r for e in extras or optional for r in optional[e]]]
+
+
+def test_the_lock_satisfies_every_range_of_pyproject():
+    locked = locked_versions()
+    for requirement in project_requirements():
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{name} is not in launch/requirements.lock: run ./launch/lock.sh"
+        assert requirement.specifier.contains(locked[name], prereleases=True), f"lock {name}=={locked[name]}"
+    assert locked[canonicalize_name("torch")].local == "cpu", "the lock names torch's CPU build"
+
+
+@pytest.mark.skipif(os.environ.get("DEPS") != "locked", reason="only in a venv of launch/setup.sh with DEPS=locked")
+def test_the_environment_has_the_locked_versions():
+    """What launch/setup.sh installed is what the lock says: every package the project and its dev
+    extra need, followed through their own requirements, at its locked version."""
+    locked, seen, todo = locked_versions(), set(), project_requirements({"dev"})
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name in seen or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        installed = Version(metadata.version(name))
+        assert name in locked, f"{name} {installed} is installed but not locked: run ./launch/lock.sh"
+        if name == "torch":  # PyPI's CUDA build on a GPU machine, the CPU build elsewhere
+            assert installed.public == locked[name].public, f"torch {installed}, locked {locked[name]}"
+        else:
+            assert installed == locked[name], f"{name} {installed} is installed, the lock says {locked[name]}"
+        todo += [Requirement(r) for r in metadata.requires(name) or []]
+    assert {"torch", "accelerate", "datasets", "tokenizers", "wandb", "pytest"} <= seen
+
+
+def fake_nvidia_smi(folder, gpus: int) -> dict:
+    """An environment whose PATH finds an nvidia-smi that lists ``gpus`` GPUs."""
+    (folder / "nvidia-smi").write_text(
+        "#!/bin/sh\n" + "".join(f'echo "GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i})"\n' for i in range(gpus))
+    )
+    (folder / "nvidia-smi").chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+@pytest.mark.slow  # starts a process
+@pytest.mark.skipif(not list(Path(sys.prefix).glob(".installed-*")), reason="needs a venv made by launch/setup.sh")
+def test_setup_refuses_a_gpu_machine_whose_torch_cannot_use_the_gpus(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch has CUDA")
+    env = {**fake_nvidia_smi(tmp_path, 2), "VENV": sys.prefix, "DEPS": os.environ.get("DEPS", "locked")}
+    command = ["bash", "-c", f"source {REPO}/launch/setup.sh ''"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert f"2 NVIDIA GPU(s) visible but the torch in {sys.prefix} cannot use them" in done.stderr
+    assert done.stderr.count("\n") == 1, "one line"
+    done = subprocess.run(command, env={**env, "ALLOW_CPU": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

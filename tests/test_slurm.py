@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, read_json, weight_difference
+from conftest import REPO, assert_fault_fired, read_json, weight_difference
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -172,6 +172,7 @@ def test_time_limit_signal_checkpoints_requeues_and_the_job_resumes_to_the_same_
     text = log.read_text()
     assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", text[-3000:]
     first, second = text.split("restart 1)")  # the log holds both parts (--open-mode=append)
+    assert_fault_fired(first)
     assert "USR1: time limit near" in first and f"(requeued SLURM job {job})" in first
     stopped = int(re.search(r"stopped by signal SIGUSR1 at step (\d+)", first).group(1))
     assert f"checkpoints/step-{stopped:08d} at step {stopped}" in second and "done in" in second
@@ -186,6 +187,7 @@ def test_scancel_leaves_no_process_on_either_node(cluster, tmp_path):
     job = cluster.submit(log, ["--nodes=2"], [*TRAIN, f"--train.output_dir={run}"], {"FAULT_SLOW_STEP": "1"})
     cluster.wait(job, {"RUNNING"}, timeout=60)
     wait_for_training(run)
+    assert_fault_fired(log.read_text())
     assert len(job_processes(job)) >= 4, "a launcher and a worker per node"
     cancelled = time.monotonic()
     cluster.run("scancel", job)
@@ -208,6 +210,7 @@ def test_a_failing_rank_on_the_second_node_ends_the_job_promptly(cluster, tmp_pa
     seconds = time.monotonic() - started
     text = log.read_text()
     assert fields["JobState"] == "FAILED" and fields["Restarts"] == "0", text[-3000:]
+    assert_fault_fired(text)
     assert "RuntimeError: injected fault on rank" in text and "slurm-node2: task 1: Exited" in text
     assert seconds < 90, f"the job took {seconds:.0f}s to end; its limit is 10 minutes"
     assert not job_processes(job)
@@ -239,6 +242,7 @@ def test_a_job_array_gives_each_task_its_run_folder_and_requeues_only_the_preemp
         assert read_json(run / "run_info.json")["processes"][0]["slurm_job"] == f"{job}_{task}"
         assert f"seed: {task}" in (run / "config.yaml").read_text() and (run / "final").is_dir()
         assert ("resumed from" in text) == (f"{job}_{task}" == preempted)
+        assert_fault_fired(text)
     print(f"\njob array with one task requeued: {time.monotonic() - started:.1f} s")
 
 
@@ -272,6 +276,7 @@ def test_a_requeued_job_resumes_on_another_node_count_with_the_same_global_batch
     text = log.read_text()
     assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", text[-3000:]
     assert fields["NumNodes"] == str(second)
+    assert_fault_fired(text)
     split = {1: "1 process(es) x batch size 32 x 2 accumulation step(s)", 2: "2 process(es) x batch size 32 x 1"}
     assert f"saved with {split[first]}" in text and f"continuing with {split[second]}" in text
     info, expected = read_json(run / "run_info.json"), read_json(reference[0] / "run_info.json")

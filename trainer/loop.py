@@ -131,11 +131,24 @@ class TrainRecords:
         return self.throughput.paused()
 
 
+def optimizer_step(run) -> torch.Tensor:
+    """The end of an optimizer step: clip, step, clear the gradients. Returns the gradient norm
+    before clipping, which is logged (with no ``max_grad_norm`` it is measured, not clipped).
+
+    The one place where the weights change, called through this module's name: tests inject
+    their faults here (``tests/faults``), whatever accelerate or torch do inside."""
+    max_norm = run.config.optim.max_grad_norm or float("inf")
+    grad_norm = run.accelerator.clip_grad_norm_(run.model.parameters(), max_norm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def train_step(run, batch: dict, guard, records: TrainRecords) -> bool:
     """One micro-batch: forward and backward; at the end of its optimizer step, clipping, the
     optimizer, the schedule and the moving average (unless fp16's scaler skipped the step).
     Returns True when an optimizer step ended."""
-    accelerator, model, sampler, config = run.accelerator, run.model, run.sampler, run.config
+    accelerator, model, sampler = run.accelerator, run.model, run.sampler
     with accelerator.accumulate(model):
         loss = run.task.loss(run, batch)
         # Every example of a step weighs the same, however the step is split into batches (1.0 for
@@ -143,11 +156,7 @@ def train_step(run, batch: dict, guard, records: TrainRecords) -> bool:
         share = len(batch["lengths"]) * sampler.num_shards * sampler.accumulation
         weight = share / sampler.step_examples(run.state.batches_in_epoch)
         accelerator.backward(loss * weight if weight != 1 else loss)
-        grad_norm = None
-        if accelerator.sync_gradients:  # the norm before clipping is logged; inf: measured, not clipped
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm or float("inf"))
-        run.optimizer.step()  # a no-op on accumulation micro-steps
-        run.optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(run) if accelerator.sync_gradients else None
     run.state.batches_in_epoch += 1
     records.micro_step(loss, batch)
     guard.observe(loss, grad_norm)
