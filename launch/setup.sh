@@ -28,7 +28,17 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
-gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+# The GPUs this job may use: those CUDA_VISIBLE_DEVICES names when it is set (schedulers set it; as
+# CUDA does, up to the first entry that names none: "", "-1", SLURM's "NoDevFiles"), else every GPU.
+visible_gpus() {
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+    awk -F, '{ for (i = 1; i <= NF; i++) { if ($i !~ /^ *([0-9]+|GPU-[0-9a-fA-F-]+|MIG-.+) *$/) break; n++ } }
+      END { print n + 0 }' <<<"$CUDA_VISIBLE_DEVICES"
+  else
+    nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+  fi
+}
+gpus=$(visible_gpus)
 cpu_index=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 
 install_locked() {

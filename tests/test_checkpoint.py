@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, evaluate_export, read_json, read_jsonl, run_cli, weight_difference
+from safetensors.torch import load_file
 from test_distributed import launcher
 
 from trainer.checkpoint import MANIFEST_NAME
@@ -72,6 +73,19 @@ def test_killed_and_resumed_run_ends_bit_for_bit_equal(reference, tmp_path, kill
     assert digest(run) == digest(reference)
     assert steps_logged(run) == steps_logged(reference), "each step logged once"
     assert read_json(run / "run_info.json")["final_metrics"] == read_json(reference / "run_info.json")["final_metrics"]
+
+
+def test_weights_held_as_cudnn_holds_them_are_saved_whole_and_resume_bit_for_bit(reference, tmp_path):
+    """On a GPU every recurrent layer keeps its weights as views into one cuDNN buffer (emulated
+    here): a checkpoint must still hold each of them, or no GPU run could resume."""
+    run, gpu_like = tmp_path / "run", {"PYTHONPATH": f"{FAULTS}:{REPO}", "EMULATE_CUDNN_WEIGHTS": "1"}
+    killed = train(run, env={**faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), **gpu_like}, expect=-signal.SIGKILL)
+    assert "emulating cuDNN: recurrent weights are views into one buffer" in killed.stderr
+    saved = load_file(run / "checkpoints/step-00000008/model.safetensors")
+    assert sorted(saved) == sorted(load_file(reference / "checkpoints/step-00000032/model.safetensors"))
+    resumed = train(run, "--resume", "auto", env=gpu_like)
+    assert "emulating cuDNN" in resumed.stderr and "resumed from" in resumed.stdout
+    assert digest(run) == digest(reference)
 
 
 def test_weight_average_is_validated_exported_and_resumed_exactly(reference, tmp_path):
@@ -242,6 +256,19 @@ def test_resuming_with_another_setup_is_refused(tmp_path, killed_at_11, change, 
     shutil.copytree(killed_at_11, run)
     result = train(run, "--resume", "auto", change, expect=2)
     assert f"was made with another setup ({named}); resume with the same one" in result.stderr
+
+
+def test_resuming_in_another_precision_is_refused_with_the_flag_that_keeps_it(tmp_path, killed_at_11):
+    # A bf16 run requeued on fp16 GPUs would look for a gradient scaler state it never saved.
+    run = tmp_path / "run"
+    shutil.copytree(killed_at_11, run)
+    saved = read_json(killed_at_11 / "run_info.json")["mixed_precision"]
+    other = "no" if saved == "bf16" else "bf16"
+    result = train(run, "--resume", "auto", f"--train.mixed_precision={other}", expect=2)
+    assert f"(precision {saved} -> {other}); resume with the same one (--train.mixed_precision={saved})" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_resuming_with_another_global_batch_is_refused_with_the_flags_that_keep_it(tmp_path, killed_at_11):

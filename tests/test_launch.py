@@ -25,7 +25,7 @@ def test_every_accelerate_config_loads_with_accelerates_own_loader():
     expected = {
         "cpu.yaml": {"distributed_type": "NO", "use_cpu": True, "num_processes": 1, "mixed_precision": "no"},
         "cpu_multi.yaml": {"distributed_type": "MULTI_GPU", "num_processes": 2, "num_machines": 1},
-        "gpu.yaml": {"distributed_type": "NO", "num_processes": 1, "gpu_ids": "0", "mixed_precision": "no"},
+        "gpu.yaml": {"distributed_type": "NO", "num_processes": 1, "gpu_ids": "all", "mixed_precision": "no"},
         "multi_gpu.yaml": {"distributed_type": "MULTI_GPU", "num_processes": 8, "mixed_precision": "no"},
         "multi_node.yaml": {
             "distributed_type": "MULTI_GPU",
@@ -178,3 +178,38 @@ def test_setup_refuses_a_gpu_machine_whose_torch_cannot_use_the_gpus(tmp_path):
     assert done.stderr.count("\n") == 1, "one line"
     done = subprocess.run(command, env={**env, "ALLOW_CPU": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow  # starts processes
+@pytest.mark.skipif(not list(Path(sys.prefix).glob(".installed-*")), reason="needs a venv made by launch/setup.sh")
+def test_train_sh_starts_one_process_per_gpu_the_job_may_use(tmp_path):
+    """A job given GPUs 3 and 5 of 8 trains on those two, and accelerate keeps CUDA_VISIBLE_DEVICES."""
+    env = {**fake_nvidia_smi(tmp_path, 8), "VENV": sys.prefix, "ALLOW_CPU": "1", "DRY_RUN": "1"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env.pop("ACCELERATE_CONFIG", None)
+
+    def command(**visible) -> str:
+        done = subprocess.run(
+            ["bash", str(REPO / "launch" / "train.sh"), "--config", "tiny"],
+            env={**env, **visible},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    configs = REPO / "accelerate_configs"
+    assert (
+        command()
+        == f"accelerate launch --config_file {configs}/multi_gpu.yaml --num_processes 8 -m trainer --config tiny"
+    )
+    assert "multi_gpu.yaml --num_processes 2 " in command(CUDA_VISIBLE_DEVICES="3,5")
+    uuids = "GPU-8f2a1b3c-0000-1111-2222-333344445555,GPU-9e1d2c3b-0000-1111-2222-333344445555"
+    assert "multi_gpu.yaml --num_processes 2 " in command(CUDA_VISIBLE_DEVICES=uuids)
+    assert f"{configs}/gpu.yaml -m trainer" in command(CUDA_VISIBLE_DEVICES="3")
+    assert "multi_gpu.yaml --num_processes 1 " in command(CUDA_VISIBLE_DEVICES="3,5", NUM_PROCESSES="1")
+    for none in ("", "-1", "NoDevFiles", "-1,0"):
+        assert f"{configs}/cpu.yaml " in command(CUDA_VISIBLE_DEVICES=none), none
+    gpu_ids = yaml.safe_load((configs / "gpu.yaml").read_text())["gpu_ids"]
+    assert gpu_ids == "all", "any other value makes accelerate overwrite CUDA_VISIBLE_DEVICES"

@@ -173,3 +173,21 @@ def test_weight_drop_masks_the_recurrent_matrix_once_per_batch_and_only_in_train
     assert torch.equal(rnn.weight_hh_l0.grad == 0, dropped == 0), "dropped weights get no gradient"
     assert (rnn.weight_ih_l0.grad != 0).all(), "input weights are not dropped"
     assert torch.equal(model.eval().recur(rnn, x), plain)
+
+
+def test_no_forward_pass_moves_the_recurrent_weights(monkeypatch):
+    """cuDNN (emulated: tests/faults) puts a layer's weights into a new buffer at each
+    flatten_parameters(): one between the two forwards of an adversarial step would change weights
+    that the first one's backward still needs ("modified by an inplace operation")."""
+    from faults.sitecustomize import flatten_as_cudnn
+
+    monkeypatch.setattr(torch.nn.RNNBase, "flatten_parameters", flatten_as_cudnn)
+    model = SentimentRNN(ModelConfig(num_layers=2), vocab_size=50, num_labels=2)
+    layer = model.layers[0][0]
+    assert len({w.untyped_storage().data_ptr() for w in layer.parameters()}) == 1, "held as cuDNN holds them"
+    pointers, calls = [w.data_ptr() for w in model.parameters()], flatten_as_cudnn.calls
+    ids, lengths = torch.randint(1, 50, (4, 9)), torch.tensor([9, 7, 3, 1])
+    clean = model(ids, lengths).sum()
+    perturbed = model(ids, lengths, embeddings=model.embed(ids).detach() + 0.01).sum()
+    (clean + perturbed).backward()
+    assert flatten_as_cudnn.calls == calls and [w.data_ptr() for w in model.parameters()] == pointers

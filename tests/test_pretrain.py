@@ -32,13 +32,13 @@ def test_no_direction_sees_the_token_it_predicts(bidirectional, output):
     model.output.register_forward_hook(lambda module, args, out: handed.append(args))
     model(ids, lengths)
     (inputs_embedded,) = embedded
-    # The pairs (sequence, p) for p + 1 < length, in the order the model hands them over.
+    # Every (sequence, p) is handed over, row b * 6 + p; those with p + 1 < length are scored.
     pairs = [(b, p) for b in range(2) for p in range(int(lengths[b]) - 1)]
     assert len(handed) == (2 if bidirectional else 1)
     for direction, (states, targets) in enumerate(handed):
-        assert len(states) == len(pairs)
-        for row, (b, p) in enumerate(pairs):
-            target = p + 1 if direction == 0 else p
+        assert len(states) == 2 * 6
+        for b, p in pairs:
+            row, target = b * 6 + p, p + 1 if direction == 0 else p
             assert targets[row] == ids[b, target]
             read = range(p + 1) if direction == 0 else range(p + 1, int(lengths[b]))
             (gradient,) = torch.autograd.grad(states[row].sum(), inputs_embedded, retain_graph=True)

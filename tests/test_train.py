@@ -1,13 +1,14 @@
 """End-to-end runs of ``python -m trainer`` on one process, and every bad input."""
 
 import itertools
+import json
 
 import pytest
 import torch
 import wandb_records
 import yaml
 from accelerate import Accelerator
-from conftest import evaluate_export, read_json, read_jsonl, review_rows, run_cli, write_csv
+from conftest import REPO, evaluate_export, read_json, read_jsonl, review_rows, run_cli, write_csv
 
 from trainer.cli import main
 from trainer.loss import training_loss
@@ -344,3 +345,30 @@ def test_sigterm_outranks_the_time_limit_warning_and_only_the_warning_requeues(m
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "41")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     assert slurm_job() == "41_3", "an array task by its own name: the bare id names the whole array"
+
+
+@pytest.mark.slow  # trains in processes
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("trainer", ["--train.ema_decay=0.9", "--train.adversarial_epsilon=0.5", "--train.class_weights=balanced"]),
+        ("trainer.pretrain", ["--pretrain.samples=64", "--pretrain.max_steps=12"]),
+    ],
+    ids=["classifier", "language-model"],
+)
+def test_a_steady_step_never_waits_for_the_device(tmp_path, module, args):
+    """On a GPU, reading a value on the host (item, bool, nonzero, a boolean mask, ...) stalls the
+    step. tests/faults counts such calls of the trainer's code between optimizer steps (COUNT_SYNCS):
+    none but at the logging steps (5 and 10), the first step and the end."""
+    from test_checkpoint import FAULTS
+
+    counts = tmp_path / "syncs.json"
+    env = {"PYTHONPATH": f"{FAULTS}:{REPO}", "COUNT_SYNCS": str(counts), "OMP_NUM_THREADS": "1"}
+    common = ["--config", "tiny", "--logging.tracker=none", "--train.max_steps=12", "--train.log_every_steps=5"]
+    done = run_cli([*common, f"--train.output_dir={tmp_path / 'run'}", *args], tmp_path, env=env, module=module)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = json.loads(counts.read_text())  # steps[k]: from optimizer step k to k + 1
+    assert len(steps) == 13 and steps[-1], "the end (export, checks) reads values: the counting works"
+    assert any("guard.py" in sync for sync in steps[5]) and any("loop.py" in sync for sync in steps[10])
+    steady = {k: steps[k] for k in range(2, 12) if k not in (5, 10)}
+    assert steady == {k: [] for k in steady}

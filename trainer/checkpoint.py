@@ -1,12 +1,13 @@
 """Training checkpoints: full state, atomic, resumable.
 
 A checkpoint ``checkpoints/step-00000100/`` holds what ``Accelerator.save_state`` writes (model
-weights as safetensors, optimizer, scheduler, gradient scaler, every rank's RNG states) plus our
-``train_state.json`` and a ``manifest.json`` of every file's size and SHA-256. It is written into
-a temporary folder and renamed into place once every rank's part is there, so a kill during a
-save leaves the previous checkpoint as it was. On resume each file is checked against the
-manifest, and the pickled ones are loaded with ``weights_only`` (plain tensors and containers)
-before Accelerate sees them: a checkpoint that would run code when unpickled is refused.
+weights as safetensors, each tensor whole even where cuDNN keeps them as views of one buffer;
+optimizer, scheduler, gradient scaler, every rank's RNG states) plus our ``train_state.json`` and
+a ``manifest.json`` of every file's size and SHA-256. It is written into a temporary folder and
+renamed into place once every rank's part is there, so a kill during a save leaves the previous
+checkpoint as it was. On resume each file is checked against the manifest, and the pickled ones
+are loaded with ``weights_only`` (plain tensors and containers) before Accelerate sees them: a
+checkpoint that would run code when unpickled is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import pickle
 import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,7 +106,11 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, keep_last: in
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)  # every rank writes its RNG states
+    hook = accelerator.register_save_state_pre_hook(give_views_their_own_storage)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)  # every rank writes its RNG states
+    finally:
+        hook.remove()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         saved = {**state.state_dict(), "save_sequence": next_save_sequence(root)}
@@ -122,6 +128,35 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, keep_last: in
         prune_checkpoints(root, keep_last, state.best_step)
     accelerator.wait_for_everyone()
     return final
+
+
+def give_views_their_own_storage(models, weights: list[dict], output_dir: str) -> None:
+    """Copy the tensors of a state dict that share their memory with others, before it is saved.
+
+    On a GPU, cuDNN holds all of a recurrent layer's weights as views into one buffer. safetensors
+    cannot store tensors that share memory, so accelerate would keep one of them and silently drop
+    the rest: a checkpoint missing most recurrent weights, which no resume could load.
+    """
+    import torch
+
+    for state in weights:
+        storages = Counter(t.untyped_storage().data_ptr() for t in state.values() if isinstance(t, torch.Tensor))
+        for name, tensor in state.items():
+            if isinstance(tensor, torch.Tensor) and storages[tensor.untyped_storage().data_ptr()] > 1:
+                state[name] = tensor.clone()
+
+
+def separate_weights(models: list) -> list:
+    """Give each recurrent weight of ``models`` memory of its own (cuDNN keeps them as views into one
+    buffer, which safetensors cannot load into); returns the recurrent layers, to flatten again."""
+    import torch
+
+    layers = [m for model in models for m in model.modules() if isinstance(m, torch.nn.RNNBase)]
+    with torch.no_grad():
+        for layer in layers:
+            for weight in layer.parameters():
+                weight.set_(weight.clone())
+    return layers
 
 
 def save_sequence(path: Path) -> int:
@@ -284,6 +319,7 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> dict:
         "recurrent_lr_scale": 1.0,
         "task": "classification",
         "sampler": "random",
+        "precision": state.setup.get("precision"),  # not recorded then: taken to be this run's
     }
     saved_setup = {**older, **saved.get("setup", {})}
     if "steps_per_epoch" not in saved_setup:  # older checkpoints: the same split was required
@@ -294,8 +330,9 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> dict:
     }
     if changed:
         what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+        flag = f" (--train.mixed_precision={changed['precision'][0]})" if "precision" in changed else ""
         raise UserError(
-            f"checkpoint {path} was made with another setup ({what}); resume with the same one",
+            f"checkpoint {path} was made with another setup ({what}); resume with the same one{flag}",
             on_every_rank=True,
         )
     problem = global_batch_problem(path, saved_setup, state.setup)
@@ -313,6 +350,8 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> dict:
     if not has_rng and accelerator.process_index < saved_processes:
         raise UserError(f"checkpoint {path} has no RNG state for process {accelerator.process_index}")
     refuse_unsafe_pickles(path)
+    separated = []  # safetensors refuses to load into weights that share memory, as cuDNN's do
+    hook = accelerator.register_load_state_pre_hook(lambda models, _: separated.extend(separate_weights(models)))
     try:
         accelerator.load_state(str(path))
     except (RuntimeError, KeyError, ValueError) as exc:  # tensors of other shapes, missing keys
@@ -320,6 +359,10 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> dict:
         raise UserError(
             f"checkpoint {path} does not fit this model ({first}); resume with the settings it was made with"
         ) from exc
+    finally:
+        hook.remove()
+        for rnn in separated:
+            rnn.flatten_parameters()  # back into one buffer, where cuDNN wants them
     if not has_rng:  # a process the checkpoint did not have
         seed_everything(saved_setup["seed"] + 1_000_003 * saved["step"] + accelerator.process_index)
     # Saved at an optimizer step: the accumulation counter starts a new step, whatever it was.

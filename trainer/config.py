@@ -59,6 +59,13 @@ class TrainConfig:
     eval_every_steps: int = field(default=0, metadata={"help": "also validate every N optimizer steps (0 = off)"})
     log_every_steps: int = field(default=10, metadata={"help": "log training metrics every N optimizer steps"})
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
+    process_timeout_minutes: int = field(
+        default=60,
+        metadata={
+            "help": "how long a process waits for the others at a collective step (the main process preparing a "
+            "large corpus, a slow checkpoint) before the run fails; NCCL's own default is 10"
+        },
+    )
     ema_decay: float = field(
         default=0.0,
         metadata={
@@ -85,7 +92,13 @@ class TrainConfig:
         if self.mixed_precision == "False":  # `mixed_precision: no` unquoted in a YAML file
             self.mixed_precision = "no"
         check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
-        for key in ("epochs", "batch_size", "gradient_accumulation_steps", "log_every_steps"):
+        for key in (
+            "epochs",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "log_every_steps",
+            "process_timeout_minutes",
+        ):
             check_range(f"train.{key}", getattr(self, key), 1)
         for key in ("max_steps", "eval_batch_size", "global_batch_size"):
             if getattr(self, key) is not None:

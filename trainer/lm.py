@@ -75,6 +75,7 @@ class SampledSoftmax(nn.Module):
         q = (counts.double().clamp(min=0) + 1) ** 0.75  # add-one: a token unseen in training may be a target
         q[embedding.padding_idx] = 0.0
         self.samples = config.samples
+        self.filler = int(q.argmax())  # a token that may be a target, for the positions that have none
         self.register_buffer("q", (q / q.sum()).float())
         generator = torch.Generator().manual_seed(0)
         self.register_buffer("eval_samples", torch.multinomial(self.q, self.samples, True, generator=generator))
@@ -119,16 +120,20 @@ class LanguageModel(RecurrentEncoder):
         states = self.dropout(self.encode(input_ids, lengths))  # (B, T, H * directions)
         steps = torch.arange(input_ids.size(1) - 1, device=input_ids.device).unsqueeze(0)
         pairs = steps + 1 < lengths.unsqueeze(1)  # (B, T - 1): (p, p + 1) both real tokens
-        rows = pairs.nonzero()[:, 0]
         hidden = self.config.hidden_dim
         sums = torch.zeros(input_ids.size(0), device=input_ids.device)
+        # Every position is scored and the padded ones are zeroed: selecting the real ones (a boolean
+        # mask, nonzero) would make the host wait for the device at every step. Length-grouped
+        # batches have little padding.
         for direction in range(self.directions):
             if direction == 0:
-                inputs, targets = states[:, :-1, :hidden][pairs], input_ids[:, 1:][pairs]
+                inputs, targets = states[:, :-1, :hidden], input_ids[:, 1:]  # (B, T - 1, H), (B, T - 1)
             else:
-                inputs, targets = states[:, 1:, hidden:][pairs], input_ids[:, :-1][pairs]
+                inputs, targets = states[:, 1:, hidden:], input_ids[:, :-1]
+            targets = targets.masked_fill(~pairs, self.output.filler)  # padding is no target: any real token
             with torch.autocast(device_type=input_ids.device.type, enabled=False):  # the softmax in float32
-                sums = sums.index_add(0, rows, self.output(inputs.float(), targets))
+                losses = self.output(inputs.float().flatten(0, 1), targets.flatten())  # (B * (T - 1),)
+            sums = sums + (losses.view_as(targets) * pairs).sum(1)
         return sums, pairs.sum(1).float() * self.directions
 
 

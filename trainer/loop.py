@@ -100,7 +100,7 @@ class TrainRecords:
     def micro_step(self, loss: torch.Tensor, batch: dict) -> None:
         self.loss_sum += loss.detach()
         self.loss_count += 1
-        self.throughput.update(int(batch["lengths"].sum()), len(batch["lengths"]))
+        self.throughput.update(batch["lengths"].sum(), len(batch["lengths"]))  # a device tensor: no sync
 
     def step_taken(self, grad_norm: torch.Tensor | None) -> None:
         if grad_norm is not None:

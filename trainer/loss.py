@@ -55,8 +55,8 @@ def training_loss(
     net = accelerator.unwrap_model(model)
     embeddings = net.embed(input_ids)  # (B, T, E)
     loss = classification_loss(model(input_ids, lengths, embeddings=embeddings), labels, weights=weights)
-    scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0  # no fp16 underflow
-    (gradient,) = torch.autograd.grad(loss * scale, embeddings, retain_graph=True)  # parameters untouched
+    scaled = accelerator.scaler.scale(loss) if accelerator.scaler is not None else loss  # no fp16 underflow
+    (gradient,) = torch.autograd.grad(scaled, embeddings, retain_graph=True)  # parameters untouched
     direction = torch.nn.functional.normalize(gradient.flatten(1), dim=1).view_as(gradient)  # unit L2 per sequence
     with accelerator.autocast():
         logits = net(input_ids, lengths, embeddings=embeddings + epsilon * direction)

@@ -104,8 +104,9 @@ class Throughput:
         self.tokens = 0
         self.examples = 0
 
-    def update(self, tokens: int, examples: int) -> None:
-        self.tokens += tokens
+    def update(self, tokens: int | torch.Tensor, examples: int) -> None:
+        """``tokens`` may be a tensor on the accelerator: it is added there and read in ``read``."""
+        self.tokens = self.tokens + tokens
         self.examples += examples
 
     @contextmanager
@@ -118,7 +119,7 @@ class Throughput:
 
     def read(self) -> dict:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rates = {"tokens_per_s": self.tokens / elapsed, "examples_per_s": self.examples / elapsed}
+        rates = {"tokens_per_s": float(self.tokens) / elapsed, "examples_per_s": self.examples / elapsed}
         self.reset()
         return rates
 

@@ -118,10 +118,10 @@ class RecurrentEncoder(nn.Module):
         """(B, T) right-padded ids and (B,) lengths (at least 1) -> (B, T, H * directions): each
         position's forward state, then its backward state (which has read the sequence from its end)."""
         x = self.sequence_dropout(self.embed(input_ids) if embeddings is None else embeddings)  # (B, T, E)
+        # No flatten_parameters() here: torch flattens each layer for cuDNN when it is moved to the
+        # GPU; on cuDNN every call allocates and copies a new buffer, and one between two forwards
+        # of a step (adversarial training) changes weights that the first backward still needs.
         for i, directions in enumerate(self.layers):
-            if x.is_cuda:  # DDP's buffers can leave the weights non-contiguous; cuDNN wants one chunk
-                for rnn in directions:
-                    rnn.flatten_parameters()
             if i > 0:
                 x = self.sequence_dropout(x)  # between layers, as nn.LSTM(dropout=...) does
             outputs = [self.recur(directions[0], x)]  # (B, T, H)

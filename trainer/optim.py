@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trainer.errors import UserError, check_choice, check_range
 
@@ -85,3 +86,26 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total
         return decay
     ramp = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
     return SequentialLR(optimizer, [ramp, decay], milestones=[warmup])
+
+
+class MovingAverage(AveragedModel):
+    """The exponential moving average of a model's weights (``train.ema_decay``), as torch's
+    ``AveragedModel`` with ``get_ema_multi_avg_fn`` keeps it, and saved the same way, but without
+    waiting for the device at each update: torch's reads its step counter on the host each time."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.started: bool | None = None  # read from the counter once, at the first update (after a resume too)
+
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        if self.started is None:
+            self.started = bool(self.n_averaged > 0)
+        averaged = [p.detach() for p in self.module.parameters()]
+        current = [p.detach() for p in model.parameters()]
+        if self.started:
+            self.multi_avg_fn(averaged, current, self.n_averaged)  # average += (1 - decay) * (current - average)
+        else:
+            for average, weight in zip(averaged, current, strict=True):
+                average.copy_(weight)
+            self.started = True
+        self.n_averaged += 1

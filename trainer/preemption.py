@@ -1,7 +1,9 @@
 """Preemption: SIGTERM / SIGUSR1 ask every process to finish its step, checkpoint and exit.
 
-The signal may reach the processes at different moments (or only some of them); the flag is
-combined across processes at every optimizer step, so all of them stop after the same step.
+The signal may reach the processes at different moments (or only some of them). One process
+reads its flag after every optimizer step; several combine theirs at every logging step
+(``train.log_every_steps``, where the loop waits for the device anyway), so all of them stop after
+the same step and no other step waits for the device.
 SIGUSR1 is the time-limit warning (``#SBATCH --signal=USR1@N``, or launch/slurm.sbatch passing on
 its ``B:USR1``): under SLURM the main process then requeues the job (``scontrol requeue``), and
 the requeued job resumes with ``--resume auto``. SIGTERM is what ``scancel`` and a
@@ -40,14 +42,16 @@ class Preemption:
         if self.signum != signal.SIGTERM:  # SIGTERM, once come, stays
             self.signum = signum
 
-    def requested(self, accelerator) -> int | None:
+    def requested(self, accelerator, agree: bool = True) -> int | None:
         """The signal number if any process got one (the same answer on every process; SIGTERM
-        over SIGUSR1, which has the lower number)."""
-        local = torch.tensor([self.signum or 0], device=accelerator.device)
-        if accelerator.num_processes > 1:
-            local = accelerator.reduce(local, "max")
-        signum = int(local.item())
-        return signum or None
+        over SIGUSR1, which has the lower number). With several processes, a collective that every
+        process must call at the same step, and only where ``agree``: else None."""
+        if accelerator.num_processes == 1:
+            return self.signum
+        if not agree:
+            return None
+        flags = accelerator.reduce(torch.tensor([self.signum or 0], device=accelerator.device), "max")
+        return int(flags.item()) or None
 
     @staticmethod
     def requeue() -> str | None:

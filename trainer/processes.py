@@ -3,11 +3,12 @@ the global batch is split over processes and accumulation steps."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
 from trainer.config import Config, TrainConfig
 from trainer.errors import UserError
@@ -21,6 +22,13 @@ def on_cpu(config: Config) -> bool:
     independent single-process runs.
     """
     return config.train.cpu or not torch.accelerator.is_available()
+
+
+def start_processes(config: Config) -> PartialState:
+    """This process's place in the group, which the first call forms (the Accelerator then joins it)."""
+    # A collective that waits longer fails the run: NCCL's default, 10 minutes, is less than the main
+    # process may take to tokenise a large corpus while the others wait (gloo's is 30).
+    return PartialState(cpu=on_cpu(config), timeout=timedelta(minutes=config.train.process_timeout_minutes))
 
 
 def build_accelerator(config: Config, log_with: list[str], run_dir: Path, precision: str | None) -> Accelerator:
@@ -40,6 +48,8 @@ def build_accelerator(config: Config, log_with: list[str], run_dir: Path, precis
             cpu=on_cpu(config),
             step_scheduler_with_optimizer=False,  # stepped once per optimizer step, whatever the process count
             kwargs_handlers=[ddp],
+            # Batches go to the GPU from pinned memory (build_dataloaders) without the host waiting.
+            dataloader_config=DataLoaderConfiguration(non_blocking=True),
         )
     except ValueError as exc:  # e.g. fp16 without a GPU
         raise UserError(f"train.mixed_precision={config.train.mixed_precision}: {exc}") from exc

@@ -81,7 +81,10 @@ class Classification:
 
     def loss(self, run: Run, batch: dict) -> torch.Tensor:
         epsilon = run.config.train.adversarial_epsilon
-        return training_loss(run.model, batch, run.accelerator, epsilon, self.class_weights)
+        weights = self.class_weights
+        if weights is not None and weights.device != batch["labels"].device:  # moved once, not at every step
+            weights = self.class_weights = weights.to(batch["labels"].device)
+        return training_loss(run.model, batch, run.accelerator, epsilon, weights)
 
     def evaluate(self, run: Run) -> dict:
         return evaluate(run.weights(), run.eval_loader, run.accelerator)

@@ -170,7 +170,7 @@ def pad_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids (B, T) right-padded to ``padded_width`` of the longest; lengths (B,))."""
     lengths = torch.tensor([len(ids) for ids in sequences], dtype=torch.long)
-    width = padded_width(int(lengths.max()) if len(sequences) else 1, multiple, buckets_per_octave)
+    width = padded_width(max(map(len, sequences), default=1), multiple, buckets_per_octave)
     input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
     for row, ids in enumerate(sequences):
         input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)

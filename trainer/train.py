@@ -11,9 +11,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from trainer.checkpoint import TrainState, load_checkpoint
@@ -27,10 +26,10 @@ from trainer.lm import initialise_encoder, start_from_pretrained
 from trainer.loop import CheckpointPolicy, Epochs, Progress, Stop, TrainRecords, save, train_step
 from trainer.metrics import MetricsLog
 from trainer.model import RecurrentEncoder
-from trainer.optim import build_optimizer, build_scheduler
+from trainer.optim import MovingAverage, build_optimizer, build_scheduler
 from trainer.plot import draw_plots
 from trainer.preemption import Preemption
-from trainer.processes import apply_global_batch, build_accelerator, describe_split, on_cpu
+from trainer.processes import apply_global_batch, build_accelerator, describe_split, on_cpu, start_processes
 from trainer.rundir import (
     announce,
     choose_checkpoint,
@@ -65,7 +64,7 @@ class Run:
     total_steps: int
     steps_per_epoch: int
     state: TrainState
-    ema: AveragedModel | None = None  # the moving average of the weights, with train.ema_decay
+    ema: MovingAverage | None = None  # the moving average of the weights, with train.ema_decay
     task: Task = field(default_factory=Classification)  # or trainer.pretrain's LanguageModelling
     started: float = field(default_factory=time.time)
 
@@ -78,7 +77,7 @@ def setup(config: Config, preset: str, task: Task | None = None) -> Run:
     """Process group, run folder, trackers, data, model, optimizer and schedule, all prepared."""
     train, task = config.train, task or Classification()
     # The process group comes first: the run folder (and so the W&B folder) is agreed on it.
-    apply_global_batch(train, PartialState(cpu=on_cpu(config)).num_processes)
+    apply_global_batch(train, start_processes(config).num_processes)
     run_dir = resolve_run_dir(config, Path(preset).stem + task.run_suffix)
     log_with, tracker_kwargs, tracker_note = tracker_setup(config.logging, run_dir)
     # The main process's choice for all: processes on CPUs of different kinds must agree.
@@ -120,7 +119,7 @@ def setup(config: Config, preset: str, task: Task | None = None) -> Run:
     )
     ema = None
     if train.ema_decay:  # identical on every process, like the weights it follows
-        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay))
+        ema = MovingAverage(accelerator.unwrap_model(model), train.ema_decay)
         accelerator.register_for_checkpointing(ema)  # saved and restored with the checkpoints
 
     state = TrainState(setup=run_setup(config, accelerator, data, sampler.steps_per_epoch) | {"task": task.name})
@@ -179,6 +178,7 @@ def run_setup(config: Config, accelerator: Accelerator, data: PreparedData, step
         "batch_size": train.batch_size,
         "gradient_accumulation_steps": train.gradient_accumulation_steps,
         "seed": train.seed,
+        "precision": accelerator.mixed_precision,  # resolved: fp16's scaler state exists in fp16 runs only
         "train_examples": len(data.train),
         "sampler": config.data.sampler,
         "steps_per_epoch": steps_per_epoch,
@@ -208,13 +208,14 @@ def fit(run: Run, preemption: Preemption) -> int:
                     continue  # an accumulation micro-step
                 state.step += 1
                 progress.step()
-                if records.due(state.step):
+                logging = records.due(state.step)
+                if logging:
                     guard.check(state.step)
                     progress.show(records.write(state.step))
                 if validator.due(state.step):
                     with records.paused():
                         stop = Stop.EARLY_STOPPING if validator(state.step) else None
-                signum = preemption.requested(run.accelerator)  # every process, every step: a collective
+                signum = preemption.requested(run.accelerator, agree=logging)  # processes agree when logging
                 if signum and (stop is not None or state.step >= total):
                     signum = 0  # finishing anyway: the end of training (or early stopping) wins
                 stop = Stop.SIGNAL if signum else stop

@@ -1,4 +1,4 @@
-"""Loaded by tests through PYTHONPATH: makes one process fail at a chosen moment.
+"""Loaded by tests through PYTHONPATH: makes one process fail at a chosen moment, or behave as on a GPU.
 
 The faults hook the trainer's own seams, never a dependency's call path: ``trainer.loop.
 optimizer_step`` (the end of every optimizer step) and ``os.replace`` of a checkpoint's temporary
@@ -12,6 +12,7 @@ becomes nan): in optimizer step n of this process's run.
 FAULT_KILL_IN_SAVE=n: SIGKILL while the n-th checkpoint is being put in place (after its files
 are written, before the rename).
 FAULT_SLOW_STEP=seconds (every rank): see below.
+EMULATE_CUDNN_WEIGHTS=1 (every process): recurrent layers hold their weights as cuDNN does, see below.
 """
 
 import os
@@ -99,3 +100,91 @@ if os.environ.get("FAULT_SLOW_STEP") and os.environ.get("SLURM_RESTART_COUNT", "
         return slow_optimizer_step
 
     _wrap_optimizer_step(_slow)
+
+
+# EMULATE_CUDNN_WEIGHTS=1: on a GPU, nn.LSTM/GRU/RNN keep all their weights as views into one buffer,
+# which torch._cudnn_rnn_flatten_weight allocates anew (and copies into) at every flatten_parameters
+# call, from the constructor and each .to()/_apply on. The same here, on any device.
+def flatten_as_cudnn(self) -> None:
+    import torch
+
+    weights = self._flat_weights
+    if len(weights) != len(self._flat_weights_names) or not all(isinstance(w, torch.Tensor) for w in weights):
+        return
+    if len({w.dtype for w in weights}) > 1:
+        return
+    buffer = torch.empty(sum(w.numel() for w in weights), dtype=weights[0].dtype, device=weights[0].device)
+    offset = 0
+    with torch.no_grad():
+        for w in weights:
+            buffer[offset : offset + w.numel()].copy_(w.reshape(-1))
+            w.set_(buffer.untyped_storage(), offset, w.size())
+            offset += w.numel()
+    flatten_as_cudnn.calls += 1
+    if flatten_as_cudnn.calls == 1 and os.environ.get("EMULATE_CUDNN_WEIGHTS"):
+        sys.stderr.write("emulating cuDNN: recurrent weights are views into one buffer\n")
+
+
+flatten_as_cudnn.calls = 0
+if os.environ.get("EMULATE_CUDNN_WEIGHTS"):
+    from torch import nn
+
+    nn.RNNBase.flatten_parameters = flatten_as_cudnn
+
+# COUNT_SYNCS=file: what would make the host wait for a GPU, counted on the CPU. Every call of a
+# tensor operation that copies a value to the host (item, bool, int, tolist, nonzero, boolean-mask
+# indexing, ...) made from the trainer's own code, outside the data pipeline (trainer/data.py
+# works on host tensors), is recorded with its file:line, between consecutive optimizer steps
+# (trainer.loop.optimizer_step). At exit the file gets one JSON list per step: [[where, ...], ...].
+SYNCING = {"item", "__bool__", "__int__", "__float__", "__index__", "tolist", "numpy", "nonzero", "cpu"}
+SYNCING |= {"masked_select", "unique", "argwhere", "nonzero_static", "repeat_interleave"}
+if os.environ.get("COUNT_SYNCS"):
+    import atexit
+    import json
+
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    _trainer = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "trainer")
+    _steps = [[]]
+
+    def _caller() -> str | None:
+        frame = sys._getframe(2)
+        while frame is not None:
+            name = frame.f_code.co_filename
+            if name.startswith(_trainer + os.sep):
+                return None if name.endswith(os.sep + "data.py") else f"{name[len(_trainer) + 1 :]}:{frame.f_lineno}"
+            if os.sep + "torch" + os.sep not in name and name != __file__:
+                return None  # a dependency's own code (accelerate, tqdm, ...), or the tests'
+            frame = frame.f_back
+        return None
+
+    class _CountSyncs(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            masked = name == "__getitem__" and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                for i in (args[1] if isinstance(args[1], tuple) else (args[1],))
+            )
+            if name in SYNCING or masked:
+                where = _caller()
+                if where:
+                    _steps[-1].append(f"{where} {name}")
+            return func(*args, **(kwargs or {}))
+
+    _CountSyncs().__enter__()  # for the whole process
+
+    def _counted(optimizer_step):
+        def counted_optimizer_step(run):
+            _steps.append([])
+            return optimizer_step(run)
+
+        return counted_optimizer_step
+
+    _wrap_optimizer_step(_counted)
+
+    def _write_syncs() -> None:
+        with open(os.environ["COUNT_SYNCS"], "w") as f:
+            json.dump(_steps, f)
+
+    atexit.register(_write_syncs)
