@@ -247,6 +247,7 @@ def trainer_run(device: torch.device, quick: bool) -> dict:
             preset,
             f"--train.output_dir={tmp}/run",
             "--logging.tracker=none",
+            "--logging.plots=false",
             f"--train.max_steps={steps}",
             "--train.mixed_precision=auto",
             "--checkpoint.save_final=false",
@@ -255,7 +256,11 @@ def trainer_run(device: torch.device, quick: bool) -> dict:
         ]
         started = time.perf_counter()
         done = subprocess.run(
-            command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+            command,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])},
         )
         seconds = time.perf_counter() - started
         if done.returncode != 0:
@@ -301,9 +306,10 @@ def main() -> dict:
         "max_length": args.max_length,
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-        "correctness": correctness(next(iter(sizes.values())), grouped[0], device, vocab_size),
     }
+    result["correctness"] = correctness(next(iter(sizes.values())), grouped[0], device, vocab_size)
     result["cpu"] = cpu_info()
+    write(args.out, result, started)
     precisions = ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32", "bf16")
     for size, config in sizes.items():
         torch.manual_seed(0)
@@ -330,9 +336,15 @@ def main() -> dict:
         runs["training_flops_per_token"] = training_flops_per_token(config)
         result[size] = {"model": {k: getattr(config, k) for k in ("embedding_dim", "hidden_dim", "num_layers")}} | runs
         print(f"{size}: {json.dumps(runs)}", file=sys.stderr, flush=True)
+        write(args.out, result, started)
     result["trainer_run"] = trainer_run(device, args.quick)
+    return write(args.out, result, started)
+
+
+def write(path: str, result: dict, started: float) -> dict:
+    """The result so far, rewritten after each measurement: a crash or a time-out keeps what was done."""
     result["seconds"] = round(time.perf_counter() - started, 1)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

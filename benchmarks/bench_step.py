@@ -89,7 +89,8 @@ class FusedBiLSTM(nn.Module):
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.dropout(self.embedding(input_ids))
         if self.packed:
-            packed = pack_padded_sequence(x, lengths.clamp(min=1), batch_first=True, enforce_sorted=False)
+            # pack_padded_sequence wants the lengths on the CPU (int64), wherever the batch is.
+            packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
             x = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=input_ids.size(1))[0]
         else:  # the reference article's way: padding runs through the LSTM and gets attention
             x = self.lstm(x)[0]

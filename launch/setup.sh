@@ -3,8 +3,8 @@
 # The first argument names the extras ("dev" for test.sh).
 #   DEPS=locked   (default) .venv, every package at the version in launch/requirements.lock, the
 #                 versions the test suite passed with (./launch/lock.sh regenerates it)
-#   DEPS=latest   .venv-latest, the newest release of everything, upgraded at each call: what a
-#                 new release breaks shows here first (DEPS=latest ./launch/test.sh)
+#   DEPS=latest   .venv-latest, the newest release of everything, upgraded once a day: what a new
+#                 release breaks shows here first (DEPS=latest ./launch/test.sh)
 #   PYTHON=python3.12  interpreter for a new venv        VENV=path   where the venv lives
 #   TORCH_VERSION=x.y.z  another torch than the lock's   TORCH_CPU_INDEX=url   CPU wheel index
 #   ALLOW_CPU=1   go on where GPUs are visible but torch has no CUDA (refused otherwise)
@@ -71,16 +71,15 @@ install_latest() {
   pip_install --upgrade --upgrade-strategy eager -e "$ROOT${EXTRAS:+[$EXTRAS]}"
 }
 
-if [ "$DEPS" = latest ]; then
-  install_latest
-else
-  hash=$(cat "$ROOT/pyproject.toml" "$LOCK" | sha256sum | cut -c1-16)
-  stamp="$VENV/.installed-$hash${EXTRAS:+-$EXTRAS}"  # an install with extras also leaves the plain stamp
-  if [ ! -f "$stamp" ]; then
-    install_locked
-    find "$VENV" -maxdepth 1 -name '.installed-*' ! -name ".installed-$hash*" -delete
-    touch "$VENV/.installed-$hash" "$stamp"
-  fi
+# Installed once per version of pyproject.toml and the lock (latest: and per day), then left alone:
+# a SLURM job sourcing this on its batch host installs nothing.
+hash=$(cat "$ROOT/pyproject.toml" "$LOCK" | sha256sum | cut -c1-16)
+[ "$DEPS" = latest ] && hash="$hash-$(date +%F)"
+stamp="$VENV/.installed-$hash${EXTRAS:+-$EXTRAS}"  # an install with extras also leaves the plain stamp
+if [ ! -f "$stamp" ]; then
+  if [ "$DEPS" = latest ]; then install_latest; else install_locked; fi
+  find "$VENV" -maxdepth 1 -name '.installed-*' ! -name ".installed-$hash*" -delete
+  touch "$VENV/.installed-$hash" "$stamp"
 fi
 if [ "$gpus" -gt 0 ] && [ -z "${ALLOW_CPU:-}" ] && ! "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
   echo "error: $gpus NVIDIA GPU(s) visible but the torch in $VENV cannot use them, so training would run on the" \

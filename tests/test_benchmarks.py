@@ -10,27 +10,31 @@ from conftest import REPO
 
 
 @pytest.mark.slow  # starts a process
-def test_gpu_check_runs_its_code_on_the_cpu_and_writes_its_result(tmp_path):
-    out = tmp_path / "result.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def test_the_gpu_check_runs_every_stage_on_the_cpu_and_writes_each_as_it_ends(tmp_path):
+    """benchmarks/gpu.sh --tiny: the GPU machine's command, on the CPU at a tiny size, so it cannot rot."""
+    out = tmp_path / "check"
+    env = {**os.environ, "PYTHON": sys.executable, "CARRY": str(tmp_path / "no-carry")}
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--quick", "--out", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [str(REPO / "benchmarks" / "gpu.sh"), "--tiny", str(out)], env=env, capture_output=True, text=True, timeout=600
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(out.read_text())
-    check = result["correctness"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = {r["stage"]: r for r in map(json.loads, (out / "stages.jsonl").read_text().splitlines())}
+    assert list(stages) == ["env", "bench", "train-no", "train-bf16", "resume", "syncs", "predict", "evaluate"]
+    assert all(r["ok"] for r in stages.values()), [r for r in stages.values() if not r["ok"]]
+    assert stages["train-bf16"]["recurrent_dtype"] == "torch.bfloat16" and stages["train-no"]["tokens_per_s"] > 0
+    assert stages["resume"]["bit_exact"] and stages["resume"]["resumed_from"].endswith("step-00000008")
+    assert stages["syncs"]["syncs_per_steady_step"] == 0 and stages["syncs"]["steady_steps"] >= 10
+    assert stages["evaluate"]["accuracy"] >= 0 and len(stages["predict"]["predictions"]) == 2
+    bench = stages["bench"]  # bench_gpu.py's result, also in bench.json
+    check = bench["correctness"]
     assert check["passed"] and check["float32_max_abs_diff"] == 0.0
     assert check["padding_invariance_max_abs_diff"] < 1e-5
-    runs = result["tiny"]
+    runs = bench["tiny"]
     for name in ("ours_fp32", "ours_bf16", "reference_fp32", "packed_fp32"):
         assert runs[name]["tokens_per_s"] > 0 and runs[name]["tflops"] > 0
     # 2 layers, bidirectional, E = H = 16: 3 x 2 x 8 x 16 x ((16 + 16) + (32 + 16)) FLOPs per token
     assert runs["training_flops_per_token"] == 3 * 2 * 8 * 16 * (32 + 48)
-    assert result["trainer_run"]["steps"] == 20 and result["trainer_run"]["device"] == "cpu"
+    assert bench["trainer_run"]["steps"] == 20 and bench["trainer_run"]["device"] == "cpu"
 
 
 @pytest.mark.slow  # starts a process

@@ -191,3 +191,19 @@ def test_no_forward_pass_moves_the_recurrent_weights(monkeypatch):
     perturbed = model(ids, lengths, embeddings=model.embed(ids).detach() + 0.01).sum()
     (clean + perturbed).backward()
     assert flatten_as_cudnn.calls == calls and [w.data_ptr() for w in model.parameters()] == pointers
+
+
+def test_the_recurrent_layers_precision_is_decided_for_the_device():
+    from trainer.model import autocast_precision, recurrent_dtype
+
+    assert recurrent_dtype("cuda", "bf16") == torch.float32, "cuDNN's autocast would give float16, unscaled"
+    assert recurrent_dtype("cuda", "fp16") == torch.float16 and recurrent_dtype("cuda", "no") == torch.float32
+    assert recurrent_dtype("cpu", "bf16") == torch.bfloat16
+    model = SentimentRNN(ModelConfig(), vocab_size=50, num_labels=2)
+    seen = []
+    model.layers[0][0].register_forward_hook(lambda module, args, out: seen.append(out[0].dtype))
+    assert autocast_precision("cpu") == "no"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast_precision("cpu") == "bf16"
+        model(torch.randint(1, 50, (2, 5)), torch.tensor([5, 3]))
+    assert seen == [recurrent_dtype("cpu", "bf16")], "what the run records is what runs"

@@ -55,6 +55,8 @@ def test_run_folder_layout(tiny_run):
     info = read_json(run / "run_info.json")
     assert info["world_size"] == 1 and info["final_step"] == info["total_steps"] == 34
     assert info["versions"]["torch"] == torch.__version__
+    precision = {"no": "torch.float32", "bf16": "torch.bfloat16"}[info["mixed_precision"]]  # on a CPU
+    assert info["recurrent_dtype"] == precision and info["tf32"] is False and "gpu" not in info["processes"][0]
     assert "W&B: no API key found, logging offline" in result.stdout
 
 

@@ -59,6 +59,13 @@ class TrainConfig:
     eval_every_steps: int = field(default=0, metadata={"help": "also validate every N optimizer steps (0 = off)"})
     log_every_steps: int = field(default=10, metadata={"help": "log training metrics every N optimizer steps"})
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
+    tf32: bool = field(
+        default=True,
+        metadata={
+            "help": "on a GPU, float32 matrix products and cuDNN's layers in TF32 (Ampere and newer: several "
+            "times faster, 10-bit mantissa); false keeps full float32"
+        },
+    )
     process_timeout_minutes: int = field(
         default=60,
         metadata={

@@ -49,11 +49,12 @@ def confusion_matrix(probabilities: torch.Tensor, labels: torch.Tensor) -> list[
 
 
 def evaluate_model(args: argparse.Namespace) -> dict:
-    cpu = args.cpu or not torch.accelerator.is_available()
-    state = PartialState(cpu=cpu)
     started = time.perf_counter()
     datasets.disable_progress_bars()  # one result, not a progress bar per step
     models = [load_exported(path, args.revision) for path in args.model]
+    onnx = any(m.get("format") == "onnx" for *_, m in models)  # onnxruntime's CPU provider, GPU or not
+    cpu = args.cpu or onnx or not torch.accelerator.is_available()
+    state = PartialState(cpu=cpu)
     meta = models[0][2]
     labels = [[m["id2label"][str(i)] for i in range(len(m["id2label"]))] for *_, m in models]
     names = labels[0]

@@ -1,4 +1,4 @@
-"""What the machine can do: the CPU's model and the instruction sets that decide the precision.
+"""What the machine can do: the CPU's model and the instruction sets that decide the precision, the GPU.
 
 oneDNN reports bf16 as "supported" on any AVX512 CPU, but without AVX512-BF16 or AMX it emulates
 it, slower than float32 (reported at 0.57x for the `imdb` preset's step on an Intel Xeon with
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from functools import cache
 
 import torch
@@ -85,3 +86,34 @@ def choose_precision(requested: str | None, on_cpu: bool) -> tuple[str | None, s
             return "bf16", f"auto: {torch.cuda.get_device_name()} supports bf16"
         return "fp16", f"auto: {torch.cuda.get_device_name()} has no bf16"
     return "no", "auto: no CUDA device and not on a CPU"
+
+
+def gpu_info(device: torch.device) -> dict | None:
+    """The GPU a process trains on, its driver, CUDA and cuDNN, and how float32 is computed there
+    (TF32 or not); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    properties = torch.cuda.get_device_properties(index)
+    driver = None
+    try:  # CUDA_VISIBLE_DEVICES renumbers the GPUs; nvidia-smi names them by PCI bus or UUID
+        uuid = f"GPU-{properties.uuid}" if getattr(properties, "uuid", None) else str(index)
+        done = subprocess.run(
+            ["nvidia-smi", f"--id={uuid}", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        driver = done.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "name": properties.name,
+        "memory_gib": round(properties.total_memory / 2**30, 1),
+        "capability": f"{properties.major}.{properties.minor}",
+        "driver": driver,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+    }

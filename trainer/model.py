@@ -88,6 +88,28 @@ def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
 
 
+def autocast_precision(device_type: str) -> str:
+    """The autocast in force on ``device_type`` now: "no", "fp16" or "bf16"."""
+    if not torch.is_autocast_enabled(device_type):
+        return "no"
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(torch.get_autocast_dtype(device_type), "no")
+
+
+def recurrent_dtype(device_type: str, precision: str) -> torch.dtype:
+    """What the recurrent layers compute in, under a run's mixed precision on that device.
+
+    On a GPU, PyTorch's autocast runs cuDNN's RNNs in float16 whatever autocast's dtype is: under
+    bf16 that is float16 without a gradient scaler, so there they run in float32 instead (bf16
+    elsewhere, TF32 where allowed). fp16 keeps float16, with accelerate's scaler; a CPU's bf16
+    autocast runs them in bf16.
+    """
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.float32 if device_type == "cuda" else torch.bfloat16
+    return torch.float32
+
+
 class RecurrentEncoder(nn.Module):
     """embedding -> dropout -> (bi)RNN layers: the part of the model that language-model
     pre-training (``trainer.pretrain``) trains and ``--model.init_from`` hands to a classifier."""
@@ -149,7 +171,14 @@ class RecurrentEncoder(nn.Module):
 
         DropConnect on the hidden-to-hidden matrix (Wan et al. 2013; AWD-LSTM's weight drop): one
         mask per batch, shared by every time step and sequence; the kept weights are scaled by 1/(1-p).
+        Under bf16 autocast on a GPU the layer runs in float32 (``recurrent_dtype``).
         """
+        if x.is_cuda and recurrent_dtype("cuda", autocast_precision("cuda")) == torch.float32:
+            with torch.autocast("cuda", enabled=False):
+                return self._recur(rnn, x.float())
+        return self._recur(rnn, x)
+
+    def _recur(self, rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
         p = self.config.weight_drop
         if not self.training or p == 0:
             return rnn(x)[0]

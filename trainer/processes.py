@@ -32,6 +32,9 @@ def start_processes(config: Config) -> PartialState:
 
 
 def build_accelerator(config: Config, log_with: list[str], run_dir: Path, precision: str | None) -> Accelerator:
+    if not on_cpu(config):  # TF32 on purpose, either way (torch's defaults differ for matmuls and cuDNN)
+        torch.set_float32_matmul_precision("high" if config.train.tf32 else "highest")
+        torch.backends.cudnn.allow_tf32 = config.train.tf32
     # Every parameter gets a gradient every step: no unused-parameter search, gradients that alias
     # DDP's buckets (one copy less), and a static graph, except under accumulation, whose no_sync
     # micro-steps static_graph does not support (torch 2.13 asserts), and under adversarial

@@ -20,7 +20,8 @@ from trainer.checkpoint import CHECKPOINTS_DIR, find_resume_checkpoint
 from trainer.collective import from_main, main_decides, say
 from trainer.config import Config, to_yaml
 from trainer.errors import UserError, check_writable_dir
-from trainer.hardware import cpu_info
+from trainer.hardware import cpu_info, gpu_info
+from trainer.model import recurrent_dtype
 from trainer.plot import read_metrics
 from trainer.preemption import slurm_job
 from trainer.tokenizer import save_tokenizer
@@ -153,6 +154,8 @@ def run_info(config: Config, accelerator: Accelerator, data_stats: dict, precisi
         "mixed_precision": accelerator.mixed_precision,
         "mixed_precision_requested": config.train.mixed_precision,
         "mixed_precision_reason": precision_reason,
+        "recurrent_dtype": str(recurrent_dtype(accelerator.device.type, accelerator.mixed_precision)),
+        "tf32": config.train.tf32 and accelerator.device.type == "cuda",
         "cpu": cpu_info(),
         "global_batch_size": config.train.batch_size
         * accelerator.num_processes
@@ -168,6 +171,8 @@ def run_info(config: Config, accelerator: Accelerator, data_stats: dict, precisi
 def where_this_process_runs(accelerator: Accelerator) -> dict:
     """This process's rank, host and, under SLURM, node and job (gathered into run_info.json)."""
     place = {"rank": accelerator.process_index, "local_rank": accelerator.local_process_index, "host": platform.node()}
+    if gpu := gpu_info(accelerator.device):
+        place["gpu"] = gpu
     if os.environ.get("SLURM_JOB_ID"):
         place |= {"slurm_job": slurm_job(), "slurm_node": os.environ.get("SLURMD_NODENAME")}
         place |= {

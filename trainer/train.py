@@ -266,6 +266,8 @@ def finish(run: Run, guard: FiniteGuard, metrics: dict, stop: Stop | None) -> in
         run.info |= {"final_step": state.step, "final_metrics": metrics, "best_metric": config.checkpoint.best_metric}
         run.info |= {"best_metrics": state.best_metrics, "best_step": state.best_step, "weight_digests": digests}
         run.info |= {"stopped_early": stop is Stop.EARLY_STOPPING, "train_seconds": round(time.time() - run.started, 1)}
+        if run.accelerator.device.type == "cuda":
+            run.info["peak_memory_mib"] = round(torch.cuda.max_memory_allocated(run.accelerator.device) / 2**20)
         write_json(run.run_dir / "run_info.json", run.info)
         if config.logging.plots:
             draw_plots(run.run_dir)

@@ -131,7 +131,8 @@ if os.environ.get("EMULATE_CUDNN_WEIGHTS"):
 
     nn.RNNBase.flatten_parameters = flatten_as_cudnn
 
-# COUNT_SYNCS=file: what would make the host wait for a GPU, counted on the CPU. Every call of a
+# COUNT_SYNCS=file: what would make the host wait for a GPU, counted on the CPU (and on a GPU, also
+# what torch.cuda.set_sync_debug_mode reports, as "cuda file:line"). Every call of a
 # tensor operation that copies a value to the host (item, bool, int, tolist, nonzero, boolean-mask
 # indexing, ...) made from the trainer's own code, outside the data pipeline (trainer/data.py
 # works on host tensors), is recorded with its file:line, between consecutive optimizer steps
@@ -174,8 +175,26 @@ if os.environ.get("COUNT_SYNCS"):
 
     _CountSyncs().__enter__()  # for the whole process
 
+    def _cuda_syncs() -> None:
+        """On a GPU, CUDA's own count too: every synchronizing call warns, and is recorded."""
+        import warnings
+
+        torch.cuda.set_sync_debug_mode("warn")
+        warnings.filterwarnings("always", message=".*synchroniz")
+        shown = warnings.showwarning
+
+        def record(message, category, filename, lineno, *args, **kwargs):
+            if "synchroniz" in str(message):
+                _steps[-1].append(f"cuda {os.path.basename(filename)}:{lineno}")
+            else:
+                shown(message, category, filename, lineno, *args, **kwargs)
+
+        warnings.showwarning = record
+
     def _counted(optimizer_step):
         def counted_optimizer_step(run):
+            if len(_steps) == 1 and run.accelerator.device.type == "cuda":
+                _cuda_syncs()  # from the first step on: setting up syncs by design
             _steps.append([])
             return optimizer_step(run)
 
