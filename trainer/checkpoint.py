@@ -146,17 +146,20 @@ def give_views_their_own_storage(models, weights: list[dict], output_dir: str) -
                 state[name] = tensor.clone()
 
 
-def separate_weights(models: list) -> list:
-    """Give each recurrent weight of ``models`` memory of its own (cuDNN keeps them as views into one
-    buffer, which safetensors cannot load into); returns the recurrent layers, to flatten again."""
-    import torch
+def load_weights_in_place(models: list, input_dir: str) -> None:
+    """Load the models' weights by copying into the tensors they have (accelerate's load pre-hook,
+    which then leaves them out of its own loading).
 
-    layers = [m for model in models for m in model.modules() if isinstance(m, torch.nn.RNNBase)]
-    with torch.no_grad():
-        for layer in layers:
-            for weight in layer.parameters():
-                weight.set_(weight.clone())
-    return layers
+    safetensors' ``load_model``, which accelerate would use, refuses a model whose weights share
+    memory, as cuDNN's recurrent layers do on a GPU; replacing their memory instead would undo
+    cuDNN's layout and, under DDP, detach them from its gradient hooks.
+    """
+    from safetensors.torch import load_file
+
+    for index, model in enumerate(models):
+        name = f"model{f'_{index}' if index else ''}.safetensors"
+        model.load_state_dict(load_file(Path(input_dir) / name))  # strict: every tensor, each shape
+    models.clear()
 
 
 def save_sequence(path: Path) -> int:
@@ -350,19 +353,16 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> dict:
     if not has_rng and accelerator.process_index < saved_processes:
         raise UserError(f"checkpoint {path} has no RNG state for process {accelerator.process_index}")
     refuse_unsafe_pickles(path)
-    separated = []  # safetensors refuses to load into weights that share memory, as cuDNN's do
-    hook = accelerator.register_load_state_pre_hook(lambda models, _: separated.extend(separate_weights(models)))
+    hook = accelerator.register_load_state_pre_hook(load_weights_in_place)
     try:
         accelerator.load_state(str(path))
     except (RuntimeError, KeyError, ValueError) as exc:  # tensors of other shapes, missing keys
-        first = str(exc).strip().splitlines()[0][:200]
+        first = " ".join(str(exc).split())[:200]
         raise UserError(
             f"checkpoint {path} does not fit this model ({first}); resume with the settings it was made with"
         ) from exc
     finally:
         hook.remove()
-        for rnn in separated:
-            rnn.flatten_parameters()  # back into one buffer, where cuDNN wants them
     if not has_rng:  # a process the checkpoint did not have
         seed_everything(saved_setup["seed"] + 1_000_003 * saved["step"] + accelerator.process_index)
     # Saved at an optimizer step: the accumulation counter starts a new step, whatever it was.
