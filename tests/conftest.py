@@ -45,6 +45,9 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+FAULT_VARIABLES = {"FAULT_AT_STEP", "FAULT_KILL_IN_SAVE", "FAULT_SLOW_STEP"}  # tests/faults/sitecustomize.py
+
+
 def run_cli(
     args: list[str],
     cwd: Path,
@@ -57,12 +60,9 @@ def run_cli(
     command = (launcher or [sys.executable]) + ["-m", module, *args]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     result = subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
-    if FAULTS.intersection(env or {}):
+    if FAULT_VARIABLES.intersection(env or {}):
         assert_fault_fired(result.stderr)
     return result
-
-
-FAULTS = {"FAULT_AT_STEP", "FAULT_KILL_IN_SAVE", "FAULT_SLOW_STEP"}  # tests/faults/sitecustomize.py
 
 
 def assert_fault_fired(output: str) -> None:
