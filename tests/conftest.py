@@ -45,7 +45,8 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
-FAULT_VARIABLES = {"FAULT_AT_STEP", "FAULT_KILL_IN_SAVE", "FAULT_SLOW_STEP"}  # tests/faults/sitecustomize.py
+# What tests/faults/sitecustomize.py reads to inject a fault:
+FAULT_VARIABLES = {"FAULT_AT_STEP", "FAULT_KILL_IN_SAVE", "FAULT_SLOW_PREPARE", "FAULT_SLOW_STEP"}
 
 
 def run_cli(

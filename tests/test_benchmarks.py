@@ -11,13 +11,18 @@ from conftest import REPO
 
 @pytest.mark.slow  # starts a process
 def test_the_gpu_check_runs_every_stage_on_the_cpu_and_writes_each_as_it_ends(tmp_path):
-    """benchmarks/gpu.sh --tiny: the GPU machine's command, on the CPU at a tiny size, so it cannot rot."""
-    out = tmp_path / "check"
+    """benchmarks/gpu.sh --tiny: the GPU machine's command, on the CPU at a tiny size, so it cannot rot.
+
+    Batches moved to the device count as on an accelerator (tests/faults EMULATE_DEVICE): what CUDA
+    refuses, such as lengths on the GPU given to pack_padded_sequence, fails here too."""
+    out, marker = tmp_path / "check", tmp_path / "marker"
     env = {**os.environ, "PYTHON": sys.executable, "CARRY": str(tmp_path / "no-carry")}
+    env |= {"PYTHONPATH": f"{REPO / 'tests' / 'faults'}:{REPO}", "EMULATE_DEVICE": "1", "FAULT_MARKER": str(marker)}
     done = subprocess.run(
         [str(REPO / "benchmarks" / "gpu.sh"), "--tiny", str(out)], env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "bench_gpu.py --out" in marker.read_text()  # the emulation was on where the batches are moved
     stages = {r["stage"]: r for r in map(json.loads, (out / "stages.jsonl").read_text().splitlines())}
     assert list(stages) == ["env", "bench", "train-no", "train-bf16", "resume", "syncs", "predict", "evaluate"]
     assert all(r["ok"] for r in stages.values()), [r for r in stages.values() if not r["ok"]]

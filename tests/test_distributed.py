@@ -172,6 +172,28 @@ def test_a_failing_rank_stops_every_process_with_its_message(tmp_path):
     assert read_json(tmp_path / "r" / "run_info.json")["world_size"] == 2
 
 
+def test_the_others_wait_for_the_main_process_as_long_as_the_timeout_says(tmp_path):
+    """The main process prepares the data while the others wait at a collective step, for at most
+    --train.process_timeout_minutes (NCCL's own limit, 10 minutes, is shorter than a large corpus
+    takes): past it, one line that names the setting; within it, the run trains."""
+    env = {"PYTHONPATH": f"{TESTS / 'faults'}:{REPO}", "FAULT_RANK": "0", "FAULT_SLOW_PREPARE": "8"}
+    common = ["--config", "tiny", "--train.epochs=1", "--logging.tracker=none"]
+    out = tmp_path / "short"
+    short = run_cli(
+        [*common, "--train.process_timeout_minutes=0.05", f"--train.output_dir={out}"],  # 3 s
+        cwd=tmp_path, env=env, launcher=launcher(2), timeout=240,
+    )  # fmt: skip
+    assert short.returncode != 0
+    assert "[rank 1] error: this process waited for the others at a collective step longer than" in short.stderr
+    assert "--train.process_timeout_minutes" in short.stderr
+    # The main process, which the other's exit cut off, says so in one line (before the launcher stops it).
+    assert "[rank0]: Traceback" not in short.stderr and "[rank1]: Traceback" not in short.stderr
+    assert not out.exists()  # nothing was made: the main process stopped before the run folder
+    out = tmp_path / "long"
+    launch([*common[2:], "--train.process_timeout_minutes=0.5", f"--train.output_dir={out}"], tmp_path, env=env)
+    assert read_json(out / "run_info.json")["world_size"] == 2
+
+
 def test_a_config_error_is_reported_once(tmp_path):
     result = run_cli(["--config", "tiny", "--model.hiden_dim=3"], cwd=tmp_path, launcher=launcher(2))
     assert result.returncode != 0

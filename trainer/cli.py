@@ -21,7 +21,7 @@ import os
 import sys
 
 from trainer.checkpoint import CHECKPOINTS_DIR, list_checkpoints
-from trainer.collective import report
+from trainer.collective import collective_failure, report
 from trainer.config import config_reference, load_config, preset_names
 from trainer.errors import UserError, exit_for
 from trainer.preemption import Preemption
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None, task: Task | None = None, usage: str | N
             print(interrupted(run), file=sys.stderr)
         return 130
     except Exception as exc:
-        return exit_for(exc, debug, report)
+        return exit_for(collective_failure(exc) or exc, debug, report)
     finally:
         preemption.uninstall()
 

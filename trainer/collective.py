@@ -45,6 +45,23 @@ def say(line: str) -> None:
         print(line, flush=True)
 
 
+def collective_failure(exc: Exception) -> UserError | None:
+    """The one line for a collective step that failed for want of the other processes (gloo and
+    NCCL raise RuntimeErrors that say so), else None."""
+    if not (isinstance(exc, RuntimeError) and torch.distributed.is_initialized()):
+        return None
+    text = str(exc).lower()
+    if "timed out" in text:
+        return UserError(
+            "this process waited for the others at a collective step longer than --train.process_timeout_minutes "
+            "allows; if they were busy (the main process preparing a large corpus, a slow disk), raise it; if one "
+            "stopped, its error is above"
+        )
+    if "closed by peer" in text or "connection reset by peer" in text:
+        return UserError("another process of the run stopped, so this one stops too; its error is above")
+    return None
+
+
 def report(exc: UserError, debug: bool) -> None:
     """One line on stderr, from the process that failed.
 

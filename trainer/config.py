@@ -66,8 +66,8 @@ class TrainConfig:
             "times faster, 10-bit mantissa); false keeps full float32"
         },
     )
-    process_timeout_minutes: int = field(
-        default=60,
+    process_timeout_minutes: float = field(
+        default=60.0,
         metadata={
             "help": "how long a process waits for the others at a collective step (the main process preparing a "
             "large corpus, a slow checkpoint) before the run fails; NCCL's own default is 10"
@@ -104,13 +104,13 @@ class TrainConfig:
             "batch_size",
             "gradient_accumulation_steps",
             "log_every_steps",
-            "process_timeout_minutes",
         ):
             check_range(f"train.{key}", getattr(self, key), 1)
         for key in ("max_steps", "eval_batch_size", "global_batch_size"):
             if getattr(self, key) is not None:
                 check_range(f"train.{key}", getattr(self, key), 1)
         check_range("train.eval_every_steps", self.eval_every_steps, 0)
+        check_range("train.process_timeout_minutes", self.process_timeout_minutes, 0.01, 7 * 24 * 60.0)
         check_range("train.ema_decay", self.ema_decay, 0.0, 0.999999)
         check_range("train.adversarial_epsilon", self.adversarial_epsilon, 0.0)
         self.class_weights = str(self.class_weights).strip()

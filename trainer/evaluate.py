@@ -29,7 +29,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from torch.utils.data import DataLoader
 
-from trainer.collective import report
+from trainer.collective import collective_failure, report
 from trainer.data import PaddingCollator, encode_labels, lengths_of, load_labelled, tokenize
 from trainer.errors import UserError, check_new_file, exit_for, stdout_closed
 from trainer.export import load_exported
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         result = evaluate_model(args)
     except Exception as exc:
-        return exit_for(exc, args.debug, report)
+        return exit_for(collective_failure(exc) or exc, args.debug, report)
     if PartialState().is_main_process:
         try:
             print(json.dumps(result) if args.json else show(result), flush=True)

@@ -9,10 +9,13 @@ FAULT_RANK: the rank that fails ("0" also means a process started without a laun
 FAULT_SLURM_NODE: the SLURM node id (SLURM_NODEID) whose processes fail.
 FAULT_AT_STEP=n with FAULT_KIND=raise (RuntimeError), kill (SIGKILL) or nan (every gradient
 becomes nan): in optimizer step n of this process's run.
+FAULT_SLOW_PREPARE=seconds: loading the data (``trainer.data.load_raw_splits``, which the main
+process runs while the others wait at a collective step) takes that much longer.
 FAULT_KILL_IN_SAVE=n: SIGKILL while the n-th checkpoint is being put in place (after its files
 are written, before the rename).
 FAULT_SLOW_STEP=seconds (every rank): see below.
 EMULATE_CUDNN_WEIGHTS=1 (every process): recurrent layers hold their weights as cuDNN does, see below.
+EMULATE_DEVICE=1: integer tensors moved with ``.to(device)`` are on an accelerator, see below.
 """
 
 import os
@@ -66,6 +69,20 @@ if _rank or _node:
             return faulty_optimizer_step
 
         _wrap_optimizer_step(_faulty)
+
+    if os.environ.get("FAULT_SLOW_PREPARE"):
+        import time
+
+        import trainer.data
+
+        _load, _pause = trainer.data.load_raw_splits, float(os.environ["FAULT_SLOW_PREPARE"])
+
+        def _slow_load(*args, **kwargs):
+            _fired(f"loading the data slowed by {_pause}s")
+            time.sleep(_pause)
+            return _load(*args, **kwargs)
+
+        trainer.data.load_raw_splits = _slow_load
 
     if os.environ.get("FAULT_KILL_IN_SAVE"):
         _replace = os.replace
@@ -207,3 +224,50 @@ if os.environ.get("COUNT_SYNCS"):
             json.dump(_steps, f)
 
     atexit.register(_write_syncs)
+
+
+# EMULATE_DEVICE=1: an integer tensor (ids, lengths, labels) moved with .to(<device>) or .cuda() counts
+# as on an accelerator, and so does every tensor computed from it, until .cpu() brings a copy back.
+# The operations that CUDA runs on host tensors only refuse such tensors as they do on a GPU:
+# pack_padded_sequence's lengths must be a CPU int64 tensor.
+if os.environ.get("EMULATE_DEVICE"):
+    import torch
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_flatten
+
+    def _tensors(values) -> list:
+        return [v for v in tree_flatten(values)[0] if isinstance(v, torch.Tensor)]
+
+    def _on_device(values) -> bool:
+        return any(getattr(t, "_emulated_device", False) for t in _tensors(values))
+
+    def _moved(name: str, args: tuple, kwargs: dict) -> bool:
+        """``tensor.to(device, ...)`` or ``.cuda()`` of an integer tensor that is not a parameter."""
+        if name not in ("to", "cuda") or not isinstance(args[0], torch.Tensor) or args[0].is_floating_point():
+            return False
+        if isinstance(args[0], torch.nn.Parameter):
+            return False
+        target = [*args[1:2], kwargs.get("device")]
+        return name == "cuda" or any(isinstance(t, (str, torch.device)) for t in target if t is not None)
+
+    class _EmulateDevice(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            if name == "_pack_padded_sequence" and _on_device(args[1]):
+                _fired("pack_padded_sequence given lengths on the (emulated) accelerator")
+                raise RuntimeError("'lengths' argument should be a 1D CPU int64 tensor, but got 1D cuda:0 Long tensor")
+            out = func(*args, **kwargs)
+            if name == "cpu":
+                return out.clone() if out is args[0] else out  # a host copy, not marked
+            if _moved(name, args, kwargs) or _on_device((args, kwargs)):
+                if out is args[0] and name in ("to", "cuda"):
+                    out = out.clone()  # the host tensor stays a host tensor
+                for t in _tensors(out):
+                    t._emulated_device = True
+            return out
+
+    _EmulateDevice().__enter__()  # for the whole process
+    if os.environ.get("FAULT_MARKER"):  # so that a test can tell that the emulation was on
+        with open(os.environ["FAULT_MARKER"], "a") as f:
+            f.write(f"emulating an accelerator in {' '.join(sys.argv)[-200:]}\n")
