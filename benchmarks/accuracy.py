@@ -38,7 +38,10 @@ split, or one per fold with ``--cv-folds``.
     python benchmarks/accuracy.py --cv-folds 10 --seeds 1,2,3 --ensemble -- --config rt_polarity \
         --data.train_files=../shared/data/rt_polarity/all.csv
 
-Arguments after -- go to the trainer. The last line is one JSON object.
+    python benchmarks/accuracy.py --tiny --out accuracy.json   # a check in seconds: tiny preset, 1 epoch, seed 1
+
+Arguments after -- go to the trainer (``--tiny`` puts ``--config tiny --train.epochs=1`` before
+them). The last line is one JSON object (``--out FILE``: also written there).
 """
 
 from __future__ import annotations
@@ -55,12 +58,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_cli import add_options, finish, parse  # noqa: E402
 
 
 def run_module(module: str, seed: int, args: list[str], out: Path) -> dict:
     """One run of ``module`` (trainer or trainer.pretrain) in a fresh process; its run_info.json."""
     command = [sys.executable, "-m", module, *args, f"--train.seed={seed}", f"--train.output_dir={out}"]
-    command.append("--logging.tracker=none")
+    command += ["--logging.tracker=none", "--logging.plots=false"]  # the run folder is temporary
     done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{module} seed {seed} failed:\n{done.stderr[-2000:]}")
@@ -86,6 +92,7 @@ def train(seed: int, trainer_args: list[str], out: Path, keep_final: bool) -> di
         "best_accuracy": info["best_metrics"]["accuracy"],
         "best_step": info["best_step"],
         "final_accuracy": info["final_metrics"]["accuracy"],
+        "final_loss": info["final_metrics"]["loss"],
         "train_seconds": info["train_seconds"],
         "command_seconds": round(time.perf_counter() - started, 1),
     }
@@ -134,8 +141,15 @@ def main() -> dict:
         "--pretrain-args", default="", help="more arguments for trainer.pretrain, e.g. '--pretrain.epochs=4'"
     )
     parser.add_argument("trainer_args", nargs="*", help="the trainer's arguments, after --")
-    args = parser.parse_args()
-    seeds = [int(s) for s in (args.seeds or ("1" if args.cv_folds else "1,2,3")).split(",")]
+    add_options(parser, "the tiny preset for 1 epoch, seed 1 unless --seeds: a check of this script, in seconds")
+    args = parse(parser)
+    if args.tiny:
+        args.trainer_args = ["--config", "tiny", "--train.epochs=1", *args.trainer_args]
+    if not args.no_bow:
+        from bow_baseline import check_sklearn
+
+        check_sklearn(", or pass --no-bow")
+    seeds = [int(s) for s in (args.seeds or ("1" if args.cv_folds or args.tiny else "1,2,3")).split(",")]
     if args.ensemble and len(seeds) < 2:
         parser.error("--ensemble needs two or more --seeds, e.g. --seeds 1,2,3")
     folds = list(range(args.cv_folds))
@@ -189,7 +203,6 @@ def main() -> dict:
         result["ensemble_accuracy_std"] = round(statistics.stdev(accuracies), 4) if len(accuracies) > 1 else 0.0
         result["ensemble_train_seconds_median"] = statistics.median(e["train_seconds"] for e in ensembles)
     if not args.no_bow:
-        sys.path.insert(0, str(REPO / "benchmarks"))
         from bow_baseline import main as bow
 
         references = [bow([*args.trainer_args, *extra]) | {"args": extra} for extra in groups]
@@ -201,11 +214,12 @@ def main() -> dict:
         ]
         result["tfidf_lr_bigram_seconds"] = sum(r["tfidf_lr_bigram_seconds"] for r in references)
         result["validation_examples"] = [r["validation_examples"] for r in references]
-    return result
+    from trainer.hardware import cpu_info
+
+    return finish(args, {"cpu": cpu_info(), **result})
 
 
 if __name__ == "__main__":
-    from trainer.hardware import cpu_info, describe_cpu
+    import bench_cli
 
-    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
-    print(json.dumps({"cpu": cpu_info(), **main()}))
+    bench_cli.run(main)

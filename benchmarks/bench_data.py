@@ -10,8 +10,11 @@ Measures, each in a fresh process with a fresh cache:
   a ``Counter`` vocabulary, and a dict look-up per word.
 
     python benchmarks/bench_data.py [--data ../shared/data/imdb/train.csv.gz]
+    python benchmarks/bench_data.py --tiny --out data.json   # a check in seconds, on 600 generated reviews
 
-The last line is one JSON object; ``tokenize_speedup`` is ours (all cores) / plain Python.
+The `imdb` preset validates on whole movies where the CSV has IMDB's ``movie_id`` column, else on
+a random carve. The last line is one JSON object (``--out FILE``: also written there);
+``tokenize_speedup`` is ours (all cores) / plain Python.
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 IMDB = REPO.parent / "shared" / "data" / "imdb" / "train.csv.gz"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_cli import add_options, finish, imdb_group_overrides, parse, require_file, tiny_reviews_csv  # noqa: E402
 
 
 def texts_of(data_path: str) -> list[str]:
     from trainer.config import load_config
     from trainer.data import clean_splits, load_raw_splits
 
-    config = load_config("imdb", [f"--data.train_files={data_path}"])
+    config = load_config("imdb", [f"--data.train_files={data_path}", *imdb_group_overrides(data_path)])
     splits, _, _ = clean_splits(load_raw_splits(config.data), config.data)
     return list(splits["train"]["text"]) + list(splits["validation"]["text"])
 
@@ -68,7 +74,8 @@ def ours(data_path: str, cache: str) -> dict:
     from trainer.config import load_config
     from trainer.data import prepare_data
 
-    config = load_config("imdb", [f"--data.train_files={data_path}", f"--data.cache_dir={cache}"])
+    overrides = [f"--data.train_files={data_path}", f"--data.cache_dir={cache}", *imdb_group_overrides(data_path)]
+    config = load_config("imdb", overrides)
     started = time.perf_counter()
     cold = prepare_data(config.data, config.tokenizer)
     cold_s = time.perf_counter() - started
@@ -104,10 +111,12 @@ def trainer_start(data_path: str, cache: str, env: dict) -> float:
             "--config",
             "imdb",
             f"--data.train_files={data_path}",
+            *imdb_group_overrides(data_path),
             f"--data.cache_dir={cache}",
             f"--train.output_dir={out}/run",
             "--train.max_steps=1",
             "--logging.tracker=none",
+            "--logging.plots=false",  # after the start this measures
         ]
         started = time.perf_counter()
         proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -133,20 +142,31 @@ def rounded(values: dict) -> dict:
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(IMDB), help="IMDB train CSV (text,label)")
-    args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
-    texts = texts_of(args.data)
+    add_options(parser, "600 generated reviews instead of --data: a check of this script, in seconds")
+    args = parse(parser)
+    with tempfile.TemporaryDirectory() as work:
+        if args.tiny:
+            args.data = str(tiny_reviews_csv(Path(work) / "reviews.csv"))
+        require_file(args.data, "the IMDB train CSV")
+        return finish(args, measure(args.data))
+
+
+def measure(data: str) -> dict:
+    from trainer.hardware import cpu_info
+
+    texts = texts_of(data)
     megabytes = sum(len(t.encode()) for t in texts) / 1e6
     baseline = plain_python(texts)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     results = {}
     for name, threads in (("1_thread", "1"), ("all_cores", str(len(os.sched_getaffinity(0))))):
         with tempfile.TemporaryDirectory() as cache:
-            results[name] = in_process("ours", [args.data, cache], {**env, "RAYON_NUM_THREADS": threads})
+            results[name] = in_process("ours", [data, cache], {**env, "RAYON_NUM_THREADS": threads})
             if name == "all_cores":
-                results["trainer_start_cached_s"] = trainer_start(args.data, cache, env)
+                results["trainer_start_cached_s"] = trainer_start(data, cache, env)
     one, all_ = results["1_thread"], results["all_cores"]
     return {
+        "cpu": cpu_info(),
         "reviews": len(texts),
         "text_mb": round(megabytes, 1),
         "plain_python": {
@@ -162,7 +182,6 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    from trainer.hardware import cpu_info, describe_cpu
+    import bench_cli
 
-    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
-    print(json.dumps({"cpu": cpu_info(), **main()}))
+    bench_cli.run(main)

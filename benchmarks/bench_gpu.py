@@ -16,6 +16,7 @@ random token ids with IMDB's length distribution (log-normal, median 213, mean 2
 
     ./benchmarks/gpu.sh [RESULT.json]                       # one NVIDIA GPU, under 8 minutes
     python benchmarks/bench_gpu.py --device cpu --quick --out result.json   # the same code on a CPU
+    python benchmarks/bench_gpu.py --tiny --out result.json   # --device cpu --quick on random ids: a check in seconds
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ def training_flops_per_token(config: ModelConfig) -> int:
     return 3 * forward
 
 
-def load_sequences(count: int, max_length: int, vocab_size: int) -> tuple[list[list[int]], list[int], str]:
-    """(token ids, labels, where they came from)."""
-    if IMDB.is_file():
+def load_sequences(
+    count: int, max_length: int, vocab_size: int, imdb: bool = True
+) -> tuple[list[list[int]], list[int], str]:
+    """(token ids, labels, where they came from): IMDB where ``imdb`` and it is present."""
+    if imdb and IMDB.is_file():
         from trainer.tokenizer import TokenizerConfig, train_tokenizer
 
         with gzip.open(IMDB, "rt", encoding="utf-8", newline="") as f:
@@ -283,7 +286,10 @@ def main() -> dict:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--tiny", action="store_true", help="--device cpu --quick on random ids: a check in seconds")
     args = parser.parse_args()
+    if args.tiny:
+        args.device, args.quick = "cpu", True
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA GPU visible; run with --device cpu to check the script itself")
@@ -292,7 +298,7 @@ def main() -> dict:
     steps = 2 if args.quick else args.steps
     vocab_size = 500 if args.quick else 20000
     count = args.batch_size * (6 if args.quick else 40)
-    ids, labels, source = load_sequences(count, args.max_length, vocab_size)
+    ids, labels, source = load_sequences(count, args.max_length, vocab_size, imdb=not args.tiny)
     if args.quick:
         ids = [x[:32] for x in ids]
     grouped = grouped_batches(ids, labels, args.batch_size)

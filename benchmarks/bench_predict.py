@@ -2,6 +2,7 @@
 eager bfloat16 (autocast; only where the CPU has native bf16), ONNX float32 and ONNX int8.
 
     python benchmarks/bench_predict.py runs/imdb/best [--reviews 2500] [--repeats 3]
+    python benchmarks/bench_predict.py --tiny --out predict.json   # a tiny model trained first: a check in seconds
 
 The ONNX folders are exported into a temporary folder first (``python -m trainer.export``'s code).
 The texts are the run's own validation split, rebuilt from its config.yaml (the run folder above
@@ -10,15 +11,19 @@ the first ``--reviews`` labelled rows of a file instead. Per runtime, in one pro
 runtimes between repeats: reviews/s at batch 1 and 32 (``load_model(...).predict``, tokenising
 included, after a warm-up), the same batches through the network alone (tokenised and padded
 ahead), p50/p99 latency of single reviews, the weights file's size, accuracy.
-The last line is one JSON object.
+``--tiny`` trains a model with the tiny preset first where none is given, and times 64 reviews once.
+The last line is one JSON object (``--out FILE``: also written there).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
-import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +33,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_cli import add_options, finish, parse  # noqa: E402
+
+from trainer.errors import UserError  # noqa: E402
 from trainer.export import ONNX_NAME, WEIGHTS_NAME, export_onnx_folder  # noqa: E402
 from trainer.hardware import cpu_info  # noqa: E402
 from trainer.inference import load_model  # noqa: E402
@@ -80,18 +89,36 @@ def timed_network(network, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> 
     return time.perf_counter() - started
 
 
+def tiny_model(work: Path) -> Path:
+    """A model of the tiny preset, trained in ``work``."""
+    command = [sys.executable, "-m", "trainer", "--config", "tiny", f"--train.output_dir={work / 'run'}"]
+    command += ["--logging.plots=false", "--checkpoint.mistakes=0"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"training the tiny model failed:\n{done.stderr[-2000:]}")
+    return work / "run" / "best"
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="an exported model folder (runs/<run>/best)")
+    parser.add_argument("model", nargs="?", help="an exported model folder (runs/<run>/best)")
     parser.add_argument("--data", help="a labelled CSV instead of the run's validation split")
     parser.add_argument("--reviews", type=int, default=2500, help="reviews scored for accuracy and batch 32")
     parser.add_argument("--single", type=int, default=300, help="reviews timed one at a time (batch 1)")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    add_options(parser, "a tiny model (trained first if none is given), 64 reviews timed once: a check in seconds")
+    args = parse(parser)
+    if not (args.model or args.tiny):
+        raise UserError("give a model folder (runs/<run>/best), or --tiny to time a tiny model trained first")
+    work = Path(tempfile.mkdtemp(prefix="bench-predict-"))
+    atexit.register(shutil.rmtree, work, True)
+    if args.tiny:
+        args.reviews, args.single, args.repeats = 64, 8, 1
+        args.model = args.model or str(tiny_model(work))
     model_dir = Path(args.model)
     texts, labels, source = validation_texts(model_dir, args.data, args.reviews)
     cpu = cpu_info()
-    work = Path(tempfile.mkdtemp(prefix="bench-predict-"))
     folders = {"eager fp32": model_dir}
     for name, quantize in (("onnx fp32", None), ("onnx int8", "int8")):
         folders[name] = work / name.replace(" ", "-")
@@ -142,21 +169,21 @@ def main() -> dict:
         result["size_ratio"] = round(result["size_mb"] / base["size_mb"], 3)
         result["accuracy_change_points"] = round(100 * (result["accuracy"] - base["accuracy"]), 2)
     tokens = [len(e.ids) for e in models["eager fp32"].encode(texts)]
-    return {
-        "cpu": cpu,
-        "model": str(model_dir),
-        "texts": source,
-        "mean_tokens_per_review": round(sum(tokens) / len(tokens), 1),
-        "max_length": models["eager fp32"].max_length,
-        "threads": torch.get_num_threads(),
-        "runtimes": results,
-    }
+    return finish(
+        args,
+        {
+            "cpu": cpu,
+            "model": str(model_dir),
+            "texts": source,
+            "mean_tokens_per_review": round(sum(tokens) / len(tokens), 1),
+            "max_length": models["eager fp32"].max_length,
+            "threads": torch.get_num_threads(),
+            "runtimes": results,
+        },
+    )
 
 
-if __name__ == "__main__":
-    from trainer.hardware import describe_cpu
-
-    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
+def cli() -> dict:
     report = main()
     for name, row in report["runtimes"].items():
         print(
@@ -166,4 +193,10 @@ if __name__ == "__main__":
             f"ms p99 {row['latency_ms_p99']:.1f} ms  {row['size_mb']:.1f} MB  accuracy {row['accuracy']:.4f}",
             file=sys.stderr,
         )
-    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    import bench_cli
+
+    bench_cli.run(cli)

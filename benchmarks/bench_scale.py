@@ -2,8 +2,9 @@
 
 The corpora are Amazon-polarity-like: a ``title`` and a ``content`` column, reviews of 10 to 250
 words (one to three of the built-in generator's reviews of the same label, cut at 250 words),
-written once under ``--cache`` as parquet shards of at most 250,000 rows and as one CSV. Each
-stage runs in a fresh process:
+written once under ``--cache`` as parquet shards of at most 250,000 rows and as one CSV. They
+have no movie ids, so the ``imdb`` preset carves its validation split at random
+(``--data.group_column=null``), as it does on Amazon's shards. Each stage runs in a fresh process:
 
 - file load (parquet shards, and the CSV) with the cleaning up to tokenisation;
 - tokenizer training (the ``imdb`` preset's WordPiece, on its ``tokenizer.train_sample``);
@@ -19,8 +20,13 @@ stage runs in a fresh process:
 
     python benchmarks/bench_scale.py [--quick] [--sizes 25000,250000,2500000] [--cache DIR]
                                      [--stages load,tokenizer,tokenize,cold_start,prepare]
+    python benchmarks/bench_scale.py --tiny --out scale.json   # a check in seconds
 
-``--quick`` stops at 250k. The last line printed is one JSON object: per size, every stage; and
+``--quick`` stops at 250k. ``--tiny`` runs every stage once on 400 reviews in 3 shards, in this
+process, training a 32/32 model for 6 steps (the cached start on 1 process only, after the cold
+start on 2), with its corpus and caches in a temporary folder
+unless ``--cache`` is given: a check of the script, not a measurement (its growth is 1). The last
+line printed is one JSON object (``--out FILE``: also written there): per size, every stage; and
 ``growth``, each stage's time per review (per step for training) at the largest size over the
 smallest, with ``peak_rss_mb`` per size.
 """
@@ -41,6 +47,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench_cli import add_options, finish, parse
 from bench_data import seconds_to_run_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +55,11 @@ SHARD_ROWS = 250_000
 # Two columns joined; validation capped (a 10% carve of 2.5M reviews would take minutes per evaluation).
 TEXT = "--data.text_column=title,content"
 EVAL = "--data.max_eval_examples=2000"
+# Amazon-like reviews have no movie ids: the imdb preset's validation on whole movies cannot apply.
+GROUPS = "--data.group_column=null"
+# --tiny: stages in this process (fresh() calls the function here), a small model for a few steps,
+# the cached start on 1 process only (the cold start has run 2).
+TINY = {"in_process": False, "model": [], "steps": {}, "processes": (1, 2)}
 
 
 def build_corpus(size: int, root: Path, shard_rows: int = SHARD_ROWS) -> Path:
@@ -87,7 +99,7 @@ def build_corpus(size: int, root: Path, shard_rows: int = SHARD_ROWS) -> Path:
 def config_for(files: str, cache: str, extra: list[str] = ()):
     from trainer.config import load_config
 
-    return load_config("imdb", [f"--data.train_files={files}", f"--data.cache_dir={cache}", TEXT, EVAL, *extra])
+    return load_config("imdb", [f"--data.train_files={files}", f"--data.cache_dir={cache}", TEXT, EVAL, GROUPS, *extra])
 
 
 def peak_rss_mb() -> float:
@@ -243,6 +255,8 @@ def stage_loaders(files: str, cache: str) -> dict:
 def fresh(function: str, files: str, cache: str, *args: str, env: dict | None = None) -> dict:
     """``function(files, cache, *args)`` of this module in a fresh process, with the datasets
     library's own cache in ``cache`` too (a fresh ``cache`` is a cold start)."""
+    if TINY["in_process"]:
+        return globals()[function](files, cache, *args)
     code = f"import json, sys, bench_scale as b; print(json.dumps(b.{function}(*sys.argv[1:])))"
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_CACHE": f"{cache}/hf", **(env or {})}
     args = (files, cache, *args)
@@ -263,9 +277,16 @@ def trainer_run(files: str, cache: str, processes: int, steps: int) -> dict:
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
         launcher += ["--num_processes", str(processes)]
     with tempfile.TemporaryDirectory() as out:
-        command = [*launcher, "-m", "trainer", "--config", "imdb", f"--data.train_files={files}", TEXT, EVAL]
+        steps = TINY["steps"].get(steps, steps)
+        command = [*launcher, "-m", "trainer", "--config", "imdb", f"--data.train_files={files}", TEXT, EVAL, GROUPS]
         command += [f"--data.cache_dir={cache}", f"--train.output_dir={out}/run", f"--train.max_steps={steps}"]
-        command += ["--train.log_every_steps=10", "--logging.tracker=none", "--logging.plots=false"]
+        log_every = max(1, min(10, steps // 3))  # the first window is left out: two more at least
+        command += [
+            f"--train.log_every_steps={log_every}",
+            "--logging.tracker=none",
+            "--logging.plots=false",
+            *TINY["model"],
+        ]
         command += ["--checkpoint.save_final=false", "--checkpoint.save_best=false"]
         started = time.perf_counter()
         with open(f"{out}/stderr", "w+") as err:  # a file: a pipe nobody reads can fill and stop the trainer
@@ -312,7 +333,7 @@ def measure(size: int, root: Path, shard_rows: int = SHARD_ROWS, stages=STAGES) 
             result["prepare"] = fresh("stage_prepare", shards, cache)
             result["cached_prepare"] = fresh("stage_prepare", shards, cache)
             result["loaders"] = fresh("stage_loaders", shards, cache)
-            for processes in (1, 2):
+            for processes in TINY["processes"]:
                 result[f"train_{processes}_process"] = trainer_run(shards, cache, processes, steps=60)
     return result
 
@@ -323,7 +344,7 @@ def growth(small: dict, large: dict) -> dict:
     ratios = {}
     per_review = ["load_parquet", "load_csv", "tokenizer_training", "tokenize_1_thread", "tokenize_all_cores"]
     for stage in [*per_review, "tokenize_num_proc", "prepare", "cached_prepare", "loaders"]:
-        if stage in large:
+        if stage in large and small[stage]["seconds"] > 0:
             ratios[stage] = (large[stage]["seconds"] / large["reviews"]) / (small[stage]["seconds"] / small["reviews"])
     for processes in (1, 2):
         key = f"train_{processes}_process"
@@ -352,15 +373,27 @@ def main() -> dict:
     parser.add_argument("--sizes", default="25000,250000,2500000")
     parser.add_argument("--shard-rows", type=int, default=SHARD_ROWS, help="rows per parquet shard")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"some of {', '.join(STAGES)}")
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "sentiment-trainer" / "bench_scale"))
-    args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
+    parser.add_argument(
+        "--cache", help="where corpora are written once (default ~/.cache/sentiment-trainer/bench_scale)"
+    )
+    add_options(parser, "400 reviews, every stage once in this process: a check of this script, in seconds")
+    args = parse(parser)
+    with tempfile.TemporaryDirectory() as work:
+        if args.tiny:
+            args.sizes, args.shard_rows, args.cache = "400", 150, args.cache or work
+            os.environ["HF_DATASETS_CACHE"] = f"{work}/hf"  # the stages run here: the datasets cache with them
+            TINY.update(in_process=True, model=["--model.embedding_dim=32", "--model.hidden_dim=32"])
+            TINY.update(steps={30: 6, 60: 6}, processes=(1,))
+        args.cache = args.cache or str(Path.home() / ".cache" / "sentiment-trainer" / "bench_scale")
+        return finish(args, measure_sizes(args))
+
+
+def measure_sizes(args: argparse.Namespace) -> dict:
     from trainer.hardware import describe_cpu
 
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.quick:
         sizes = [s for s in sizes if s <= 250_000]
-    print(f"CPU: {describe_cpu()}", flush=True)
     started = time.perf_counter()
     results = {}
     for size in sizes:
@@ -386,4 +419,6 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main()))
+    import bench_cli
+
+    bench_cli.run(main)

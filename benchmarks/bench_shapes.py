@@ -14,8 +14,12 @@ are records of their own, so they are not counted). Variants are ``m<multiple>b<
 
     python benchmarks/bench_shapes.py                                 # float32, about 12 minutes
     python benchmarks/bench_shapes.py --precision bf16 --variants m8b0,m8b8 --repeats 1
+    python benchmarks/bench_shapes.py --tiny --out shapes.json   # a check in seconds, on generated reviews
 
-Prints the CPU, one line per run, and one JSON object last.
+``--tiny``: 600 generated reviews (64 tokens at most), variants m1b0 and m8b8 once each, unless
+told otherwise. The `imdb` preset validates on whole movies where the CSV has IMDB's
+``movie_id`` column, else on a random carve. Prints the CPU, one line per run, and one JSON object
+last (``--out FILE``: also written there).
 """
 
 from __future__ import annotations
@@ -31,11 +35,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 IMDB = REPO.parent / "shared" / "data" / "imdb" / "train.csv.gz"
+
+from bench_cli import add_options, finish, imdb_group_overrides, parse, require_file, tiny_reviews_csv  # noqa: E402
 
 from trainer.config import load_config  # noqa: E402
 from trainer.data import LengthGroupedBatchSampler, lengths_of, prepare_data  # noqa: E402
-from trainer.hardware import cpu_info, describe_cpu  # noqa: E402
+from trainer.errors import UserError  # noqa: E402
+from trainer.hardware import cpu_info  # noqa: E402
 from trainer.tokenizer import padded_width  # noqa: E402
 
 VARIANT = re.compile(r"^m(\d+)b(\d+)$")
@@ -44,7 +52,7 @@ VARIANT = re.compile(r"^m(\d+)b(\d+)$")
 def parse_variant(name: str) -> tuple[int, int]:
     match = VARIANT.match(name)
     if not match:
-        raise SystemExit(f"variant {name!r} is not m<multiple>b<buckets>, e.g. m1b0, m8b0, m1b8")
+        raise UserError(f"variant {name!r} is not m<multiple>b<buckets>, e.g. m1b0, m8b0, m1b8")
     return int(match[1]), int(match[2])
 
 
@@ -88,6 +96,7 @@ def run(variant: str, args: argparse.Namespace, work: Path, extra: list[str]) ->
         "--config",
         "imdb",
         f"--data.train_files={args.data}",
+        *imdb_group_overrides(args.data),
         f"--data.max_train_examples={args.examples}",
         "--data.max_eval_examples=500",
         f"--data.max_length={args.max_length}",
@@ -111,29 +120,41 @@ def run(variant: str, args: argparse.Namespace, work: Path, extra: list[str]) ->
     return {"epoch_step_s": means, "train_s": sum(sum(times) for times in by_epoch.values())}
 
 
-def main() -> int:
+def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(IMDB), help="IMDB train.csv.gz (../shared/data)")
-    parser.add_argument("--variants", default="m1b0,m8b0,m16b0,m1b8,m1b4")
+    parser.add_argument("--variants", help="default m1b0,m8b0,m16b0,m1b8,m1b4 (m1b0,m8b8 with --tiny)")
     parser.add_argument("--precision", default="no", help="no (float32) or bf16")
-    parser.add_argument("--examples", type=int, default=6000, help="training examples")
-    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--examples", type=int, help="training examples (default 6000; 500 with --tiny)")
+    parser.add_argument("--max-length", type=int, help="default 512 (64 with --tiny)")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, help="default 2 (1 with --tiny)")
     parser.add_argument("trainer_args", nargs="*", help="after --: more trainer arguments")
-    args = parser.parse_args()
-    if not Path(args.data).is_file():
-        raise SystemExit(f"{args.data} is not there: this benchmark needs IMDB from ../shared/data")
+    add_options(parser, "600 generated reviews, 2 variants once: a check of this script, in seconds")
+    args = parse(parser)
+    tiny = {"variants": "m1b0,m8b8", "examples": 500, "max_length": 64, "repeats": 1}
+    full = {"variants": "m1b0,m8b0,m16b0,m1b8,m1b4", "examples": 6000, "max_length": 512, "repeats": 2}
+    for key, value in (tiny if args.tiny else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     variants = args.variants.split(",")
     for variant in variants:
         parse_variant(variant)
-    print(f"CPU: {describe_cpu()}", flush=True)
+    with tempfile.TemporaryDirectory() as work:
+        if args.tiny:
+            args.data = str(tiny_reviews_csv(Path(work) / "reviews.csv"))
+        require_file(args.data, "IMDB's train.csv.gz (../shared/data)")
+        return finish(args, measure(args, variants))
+
+
+def measure(args: argparse.Namespace, variants: list[str]) -> dict:
 
     # The data once, here: it fills the cache every run then reads, and gives the batch widths.
     config = load_config(
         "imdb",
         [
             f"--data.train_files={args.data}",
+            *imdb_group_overrides(args.data),
             f"--data.max_train_examples={args.examples}",
             "--data.max_eval_examples=500",
             f"--data.max_length={args.max_length}",
@@ -167,20 +188,17 @@ def main() -> int:
     baseline = summary[variants[0]]["train_s"]
     for variant in variants:
         summary[variant]["train_time_vs_first_variant"] = round(summary[variant]["train_s"] / baseline, 3)
-    print(
-        json.dumps(
-            {
-                "cpu": cpu_info(),
-                "precision": args.precision,
-                "examples": args.examples,
-                "max_length": args.max_length,
-                "repeats": args.repeats,
-                "variants": summary,
-            }
-        )
-    )
-    return 0
+    return {
+        "cpu": cpu_info(),
+        "precision": args.precision,
+        "examples": args.examples,
+        "max_length": args.max_length,
+        "repeats": args.repeats,
+        "variants": summary,
+    }
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import bench_cli
+
+    bench_cli.run(main)

@@ -23,17 +23,21 @@ Also measured: DataLoader collation per batch with 0 and 2 workers, as a share o
 
     python benchmarks/bench_step.py                      # about 4 minutes on 2 CPU cores
     python benchmarks/bench_step.py --rounds 5 --steps 4 --variants trainer,accelerate
+    python benchmarks/bench_step.py --tiny --out step.json   # a check in seconds, on generated reviews
 
-The last line is one JSON object.
+``--tiny``: 600 generated reviews of 64 tokens at most, 2 rounds of 2 steps, every variant but ``compile`` (which
+compiles for a minute), unless told otherwise. The `imdb` preset validates on whole movies where
+the CSV has IMDB's ``movie_id`` column, else on a random carve. The last line is one JSON object
+(``--out FILE``: also written there).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,10 +47,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 IMDB = REPO.parent / "shared" / "data" / "imdb" / "train.csv.gz"
+
+from bench_cli import add_options, finish, imdb_group_overrides, parse, require_file, tiny_reviews_csv  # noqa: E402
 
 from trainer.config import load_config  # noqa: E402
 from trainer.data import build_dataloaders, prepare_data  # noqa: E402
+from trainer.errors import UserError  # noqa: E402
 from trainer.model import SentimentRNN, classification_loss  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
 from trainer.tokenizer import pad_id  # noqa: E402
@@ -75,7 +83,8 @@ class FusedBiLSTM(nn.Module):
         self.packed = packed
         self.embedding = copy.deepcopy(reference.embedding)
         self.dropout = nn.Dropout(config.dropout)
-        self.lstm = nn.LSTM(
+        # "layers", as SentimentRNN names its recurrent layers: build_optimizer groups them by that name.
+        self.layers = nn.LSTM(
             config.embedding_dim,
             config.hidden_dim,
             config.num_layers,
@@ -91,9 +100,9 @@ class FusedBiLSTM(nn.Module):
         if self.packed:
             # pack_padded_sequence wants the lengths on the CPU (int64), wherever the batch is.
             packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-            x = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=input_ids.size(1))[0]
+            x = pad_packed_sequence(self.layers(packed)[0], batch_first=True, total_length=input_ids.size(1))[0]
         else:  # the reference article's way: padding runs through the LSTM and gets attention
-            x = self.lstm(x)[0]
+            x = self.layers(x)[0]
         mask = torch.arange(x.size(1), device=x.device).unsqueeze(0) < lengths.unsqueeze(1) if self.packed else None
         scores = self.attention(x).squeeze(-1).float()
         if mask is not None:
@@ -184,6 +193,7 @@ def collate_seconds(data, config, workers: int, batches: int) -> float:
     """Seconds per batch to produce ``batches`` training batches with ``workers`` workers."""
     config.data.num_workers = workers
     loader, _ = build_dataloaders(data, config.data, config.train.batch_size, config.train.batch_size)
+    batches = min(batches, len(loader) - 1)  # one epoch at most
     iterator = iter(loader)
     next(iterator)  # workers start
     started = time.perf_counter()
@@ -197,19 +207,34 @@ def collate_seconds(data, config, workers: int, batches: int) -> float:
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(IMDB), help="IMDB train CSV (text,label)")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds; each variant runs once per round")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    parser.add_argument("--steps", type=int, help="timed steps per variant per round (default 4; 2 with --tiny)")
+    parser.add_argument("--rounds", type=int, help="rounds, each variant once a round (default 5; 2 with --tiny)")
+    parser.add_argument("--variants", help="comma-separated, from: " + ", ".join(VARIANTS) + " (default: all)")
     parser.add_argument("overrides", nargs="*", help="trainer-style overrides on the imdb preset, after --")
-    args = parser.parse_args()
-    if not Path(args.data).is_file():
-        sys.exit(f"{args.data} not found; pass --data PATH to the IMDB train CSV")
+    add_options(parser, "600 generated reviews, 2 rounds of 2 steps, no compile: a check of this script, in seconds")
+    args = parse(parser)
+    tiny = {"steps": 2, "rounds": 2, "variants": ",".join(v for v in VARIANTS if v != "compile")}
+    full = {"steps": 4, "rounds": 5, "variants": ",".join(VARIANTS)}
+    for key, value in (tiny if args.tiny else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     names = args.variants.split(",")
     if unknown := set(names) - set(VARIANTS):
-        sys.exit(f"unknown variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+        raise UserError(f"--variants: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
     if "trainer" not in names:
         names.insert(0, "trainer")
-    config = load_config("imdb", [f"--data.train_files={args.data}", *args.overrides])
+    with tempfile.TemporaryDirectory() as work:
+        if args.tiny:
+            args.data = str(tiny_reviews_csv(Path(work) / "reviews.csv"))
+            args.overrides = ["--data.max_length=64", *args.overrides]
+        require_file(args.data, "the IMDB train CSV")
+        return finish(args, measure(args, names))
+
+
+def measure(args: argparse.Namespace, names: list[str]) -> dict:
+    from trainer.hardware import cpu_info
+
+    config = load_config("imdb", [f"--data.train_files={args.data}", *imdb_group_overrides(args.data), *args.overrides])
     torch.manual_seed(config.train.seed)
     data = prepare_data(config.data, config.tokenizer)
     loader, _ = build_dataloaders(data, config.data, config.train.batch_size, config.train.batch_size)
@@ -250,6 +275,7 @@ def main() -> dict:
     collate = {f"{w}_workers_s_per_batch": round(collate_seconds(data, config, w, 20), 4) for w in (0, 2)}
     collate["share_of_step_0_workers"] = round(collate["0_workers_s_per_batch"] / step_s, 4)
     report = {
+        "cpu": cpu_info(),
         "config": {"max_length": config.data.max_length, "batch_size": config.train.batch_size}
         | {k: getattr(config.model, k) for k in ("embedding_dim", "hidden_dim", "num_layers", "bidirectional")},
         "threads": torch.get_num_threads(),
@@ -266,7 +292,6 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    from trainer.hardware import cpu_info, describe_cpu
+    import bench_cli
 
-    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
-    print(json.dumps({"cpu": cpu_info(), **main()}))
+    bench_cli.run(main)

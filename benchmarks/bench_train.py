@@ -12,7 +12,12 @@ and the ratios ``tokens_per_s_speedup`` (ours / baseline) and ``time_to_target_s
     python benchmarks/bench_train.py --quick        # about 2 minutes on 2 CPU cores
     python benchmarks/bench_train.py --repeats 3 --target 0.85 -- --train.epochs=2
 
-Arguments after -- go to both sides (trainer-style overrides on the `imdb` preset).
+    python benchmarks/bench_train.py --tiny --out train.json   # a check in seconds, on generated reviews
+
+Arguments after -- go to both sides (trainer-style overrides on the `imdb` preset), which
+validates on whole movies where the CSV has IMDB's ``movie_id`` column, else on a random carve.
+``--tiny``: 600 generated reviews of 64 tokens at most, a model of 32/32, one epoch in batches of
+32. The last line is one JSON object (``--out FILE``: also written there).
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 IMDB = REPO.parent / "shared" / "data" / "imdb" / "train.csv.gz"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_cli import add_options, finish, imdb_group_overrides, parse, require_file, tiny_reviews_csv  # noqa: E402
+
 # Runs the trainer in this process and reports its peak memory on exit.
 OURS = (
     "import json, resource, runpy, sys\n"
@@ -57,6 +66,7 @@ def run_ours(common: list[str], out: Path, env: dict) -> dict:
         *common,
         f"--train.output_dir={out}",
         "--logging.tracker=none",
+        "--logging.plots=false",  # the run folder is temporary
     ]
     command += ["--checkpoint.save_best=false", "--checkpoint.save_final=false"]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -113,11 +123,23 @@ def main() -> dict:
     parser.add_argument("--data", default=str(IMDB), help="IMDB train CSV (text,label)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("overrides", nargs="*", help="trainer-style overrides for both sides, after --")
-    args = parser.parse_args()
-    if not Path(args.data).is_file():
-        sys.exit(f"{args.data} not found; pass --data PATH to the IMDB train CSV")
-    common = ["--config", "imdb", f"--data.train_files={args.data}"]
-    if args.quick:  # a subset: enough to see both learn, not to reach the full accuracy
+    add_options(parser, "600 generated reviews, one epoch: a check of this script, in seconds")
+    args = parse(parser)
+    with tempfile.TemporaryDirectory() as work:
+        if args.tiny:
+            args.data = str(tiny_reviews_csv(Path(work) / "reviews.csv"))
+        require_file(args.data, "the IMDB train CSV")
+        return finish(args, compare(args))
+
+
+def compare(args: argparse.Namespace) -> dict:
+    from trainer.hardware import cpu_info
+
+    common = ["--config", "imdb", f"--data.train_files={args.data}", *imdb_group_overrides(args.data)]
+    if args.tiny:
+        common += ["--data.max_length=64", "--model.embedding_dim=32", "--model.hidden_dim=32"]
+        common += ["--train.batch_size=32", "--train.epochs=1", "--train.eval_every_steps=4"]
+    elif args.quick:  # a subset: enough to see both learn, not to reach the full accuracy
         common += [
             "--data.max_train_examples=6000",
             "--data.max_eval_examples=500",
@@ -153,6 +175,7 @@ def main() -> dict:
     ours, baseline = summarise(results["ours"]), summarise(results["baseline"])
     both_reached = ours["time_to_target_s"] and baseline["time_to_target_s"]
     return {
+        "cpu": cpu_info(),
         "quick": args.quick,
         "target_accuracy": target,
         "threads": args.threads,
@@ -167,7 +190,6 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    from trainer.hardware import cpu_info, describe_cpu
+    import bench_cli
 
-    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
-    print(json.dumps({"cpu": cpu_info(), **main()}))
+    bench_cli.run(main)

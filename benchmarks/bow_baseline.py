@@ -5,23 +5,37 @@ classifier an LSTM has to beat. Needs scikit-learn (pip install -e ".[bench]").
 
     python benchmarks/bow_baseline.py                      # the built-in corpus (default preset)
     python benchmarks/bow_baseline.py --config imdb --data.train_files=../shared/data/imdb/train.csv.gz
+    python benchmarks/bow_baseline.py --tiny --out bow.json  # the tiny preset: a check, in seconds
+
+Other arguments go to the trainer's config; ``--tiny`` puts ``--config tiny`` before them. The last
+line is one JSON object (``--out FILE``: also written there).
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import argparse
+import importlib.util
 import time
-
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from trainer.cli import parse_cli
 from trainer.config import load_config
 from trainer.data import clean_splits, load_raw_splits
+from trainer.errors import UserError
+
+NEEDS_SKLEARN = 'the bag-of-words reference needs scikit-learn: pip install -e ".[bench]"'
+
+
+def check_sklearn(fix: str = "") -> None:
+    """Stops now, not after the work, where scikit-learn is missing."""
+    if importlib.util.find_spec("sklearn") is None:
+        raise UserError(NEEDS_SKLEARN + fix)
 
 
 def main(argv: list[str]) -> dict:
+    check_sklearn()
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
     preset, overrides, _, _ = parse_cli(argv)
     config = load_config(preset, overrides)
     splits, _, _ = clean_splits(load_raw_splits(config.data), config.data)
@@ -38,8 +52,18 @@ def main(argv: list[str]) -> dict:
     return result
 
 
-if __name__ == "__main__":
-    from trainer.hardware import cpu_info, describe_cpu
+def cli() -> dict:
+    from bench_cli import add_options, finish, parse
 
-    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
-    print(json.dumps({"cpu": cpu_info(), **main(sys.argv[1:])}))
+    from trainer.hardware import cpu_info
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    add_options(parser)
+    args, trainer_args = parse(parser, known=True)
+    return finish(args, {"cpu": cpu_info(), **main(["--config", "tiny"] * args.tiny + trainer_args)})
+
+
+if __name__ == "__main__":
+    import bench_cli
+
+    bench_cli.run(cli)

@@ -14,17 +14,23 @@ minority has), and scores each run's ``best/`` on the balanced validation split 
     python benchmarks/imbalance.py -- --config imdb --data.max_length=256
     python benchmarks/imbalance.py --variants sampler --sampler-epochs 40 -- --config imdb --data.max_length=256
 
-Arguments after -- go to the trainer. The last line is one JSON object.
+    python benchmarks/imbalance.py --tiny --out imbalance.json   # a check in seconds, on generated reviews
+
+Arguments after -- go to the trainer. ``--tiny``: 800 generated reviews (8 per movie), 100 held
+out, the ``balanced`` variant only, ``--config tiny`` before the trainer arguments, unless told
+otherwise. The last line is one JSON object (``--out FILE``: also written there).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import gzip
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +40,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 IMDB = REPO.parent / "shared" / "data" / "imdb" / "train.csv.gz"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_cli import GROUP_COLUMN, add_options, csv_columns, finish, parse, require_file, tiny_reviews_csv  # noqa: E402
+
+from trainer.errors import UserError  # noqa: E402
 
 
 def write_splits(source: Path, out: Path, ratio: int, validation: int, seed: int, minority: str) -> dict:
@@ -70,32 +81,52 @@ def write_splits(source: Path, out: Path, ratio: int, validation: int, seed: int
     }
 
 
+def check_movie_ids(data: str) -> None:
+    """Stops now where ``data`` is missing or has no movie ids to hold out whole movies by."""
+    require_file(data, "a CSV with text, label and movie_id")
+    if GROUP_COLUMN not in (columns := csv_columns(data)):
+        raise UserError(
+            f"{data} has no {GROUP_COLUMN} column (found: {', '.join(columns) or 'none'}); "
+            "this benchmark holds out whole movies: give a CSV with text, label and movie_id"
+        )
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(IMDB), help="a labelled CSV with text, label (0/1) and movie_id")
     parser.add_argument("--ratio", type=int, default=9, help="majority examples per minority example")
     parser.add_argument("--minority", choices=("positive", "negative"), default="positive")
-    parser.add_argument("--validation", type=int, default=2500, help="reviews held out before balancing")
+    parser.add_argument("--validation", type=int, help="reviews held out before balancing (default 2500; 100 tiny)")
     parser.add_argument("--split-seed", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1, help="--train.seed of both runs")
-    parser.add_argument("--variants", default="none,balanced", help="of none, balanced, sampler")
+    parser.add_argument("--variants", help="of none, balanced, sampler (default none,balanced; balanced with --tiny)")
     parser.add_argument("--sampler-epochs", type=int, help="--train.epochs of the sampler run (default: the preset's)")
     parser.add_argument("trainer_args", nargs="*")
-    args = parser.parse_args()
-    if not Path(args.data).is_file():
-        sys.exit(f"{args.data} not found; pass --data PATH to a CSV with text, label and movie_id")
+    add_options(parser, "800 generated reviews, the balanced variant: a check of this script, in seconds")
+    args = parse(parser)
+    tiny = {"validation": 100, "variants": "balanced"}
+    full = {"validation": 2500, "variants": "none,balanced"}
+    for key, value in (tiny if args.tiny else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    options = {"none": [], "balanced": ["--train.class_weights=balanced"], "sampler": ["--data.sampler=balanced"]}
+    if unknown := [v for v in args.variants.split(",") if v not in options]:
+        raise UserError(f"--variants: {', '.join(unknown)} is not one of {', '.join(options)}")
+    if not args.tiny:
+        check_movie_ids(args.data)
     work = Path(tempfile.mkdtemp(prefix="imbalance-"))
+    if args.tiny:  # nothing to look at afterwards: the folder goes
+        atexit.register(shutil.rmtree, work, True)
+        args.data = str(tiny_reviews_csv(work / "reviews.csv", rows=800, per_movie=8))
+        args.trainer_args = ["--config", "tiny", *args.trainer_args]
     split = write_splits(Path(args.data), work, args.ratio, args.validation, args.split_seed, args.minority)
     print(f"splits in {work}: {split}", file=sys.stderr, flush=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     data = [f"--data.train_files={work / 'train.csv'}", f"--data.validation_files={work / 'validation.csv'}"]
     results = {}
-    options = {"none": [], "balanced": ["--train.class_weights=balanced"], "sampler": ["--data.sampler=balanced"]}
     if args.sampler_epochs:
         options["sampler"].append(f"--train.epochs={args.sampler_epochs}")
     for variant in args.variants.split(","):
-        if variant not in options:
-            sys.exit(f"--variants: {variant} is not one of {', '.join(options)}")
         out = work / f"run-{variant}"
         command = [sys.executable, "-m", "trainer", *args.trainer_args, *data, *options[variant]]
         command += [f"--train.seed={args.seed}", f"--train.output_dir={out}"]
@@ -118,12 +149,13 @@ def main() -> dict:
             "train_seconds": round(seconds),
         }
         print(f"{variant}: {results[variant]}", file=sys.stderr, flush=True)
-    return {"split": split, "trainer_args": args.trainer_args, "seed": args.seed, "results": results}
+    from trainer.hardware import cpu_info
+
+    report = {"split": split, "trainer_args": args.trainer_args, "seed": args.seed, "results": results}
+    return finish(args, {"cpu": cpu_info(), **report})
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
-    from trainer.hardware import cpu_info, describe_cpu
+    import bench_cli
 
-    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
-    print(json.dumps({"cpu": cpu_info(), **main()}))
+    bench_cli.run(main)

@@ -15,15 +15,17 @@ the data come from the trainer's own pipeline (``prepare_data``) for the chosen 
 
     python benchmarks/reference_baseline.py --config imdb --data.train_files=../shared/data/imdb/train.csv.gz \\
         --data.max_train_examples=2000 --train.epochs=1
+    python benchmarks/reference_baseline.py --tiny --out reference.json   # the tiny preset: a check, in seconds
 
-It prints one JSON object per validation and a summary object last.
+Other arguments go to the trainer's config (``--tiny`` puts ``--config tiny`` before them). It
+prints one JSON object per validation and a summary object last (``--out FILE``: also written there).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
-import sys
 import time
 
 import torch
@@ -93,8 +95,16 @@ def fixed_length_set(ds, seq_len: int) -> TensorDataset:
 
 def train_reference(config, data, log=print) -> dict:
     """The article's loop on the trainer's data; returns a summary with throughput figures."""
+    from trainer.errors import UserError
+
     torch.manual_seed(config.train.seed)
     seq_len, batch_size = config.data.max_length, config.train.batch_size
+    for name, split in (("training", data.train), ("validation", data.validation)):
+        if len(split) < batch_size:  # the carried hidden state fixes the batch size: short batches are dropped
+            raise UserError(
+                f"the {name} split has {len(split)} examples, fewer than one batch of --train.batch_size="
+                f"{batch_size}, and the article's loop drops incomplete batches: lower --train.batch_size"
+            )
     train_set, val_set = fixed_length_set(data.train, seq_len), fixed_length_set(data.validation, seq_len)
     train_loader = DataLoader(train_set, shuffle=True, batch_size=batch_size, drop_last=True)
     valid_loader = DataLoader(val_set, shuffle=False, batch_size=batch_size, drop_last=True)
@@ -187,8 +197,18 @@ def main(argv: list[str]) -> dict:
     return {"preset": preset, "threads": torch.get_num_threads(), **summary, "peak_rss_mb": round(peak_mb)}
 
 
-if __name__ == "__main__":
-    from trainer.hardware import cpu_info, describe_cpu
+def cli() -> dict:
+    from bench_cli import add_options, finish, parse
 
-    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
-    print(json.dumps({"cpu": cpu_info(), **main(sys.argv[1:])}))
+    from trainer.hardware import cpu_info
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    add_options(parser)
+    args, trainer_args = parse(parser, known=True)
+    return finish(args, {"cpu": cpu_info(), **main(["--config", "tiny"] * args.tiny + trainer_args)})
+
+
+if __name__ == "__main__":
+    import bench_cli
+
+    bench_cli.run(cli)

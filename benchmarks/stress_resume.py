@@ -9,6 +9,10 @@ last line.
 
     python benchmarks/stress_resume.py                    # 20 kills, about 3 minutes on 2 cores
     python benchmarks/stress_resume.py --kills 5 -- --config tiny --train.epochs=3
+    python benchmarks/stress_resume.py --tiny --out stress.json   # a check in seconds: one kill, 2 epochs
+
+``--tiny``: one kill of a 2-epoch tiny run (checkpoints every 7 steps) unless told otherwise. The
+last line is one JSON object (``--out FILE``: also written there).
 """
 
 from __future__ import annotations
@@ -25,19 +29,32 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_cli import add_options, finish, parse  # noqa: E402
 
 
 def command(run: Path, trainer_args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "trainer", *trainer_args, f"--train.output_dir={run}", "--logging.tracker=none"]
+    tracking = ["--logging.tracker=none", "--logging.plots=false"]  # the run folders are temporary
+    return [sys.executable, "-m", "trainer", *trainer_args, f"--train.output_dir={run}", *tracking]
 
 
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--kills", type=int, help="kills (default 20; 1 with --tiny)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("trainer_args", nargs="*", help="trainer arguments, after --")
-    args = parser.parse_args()
-    trainer_args = args.trainer_args or ["--config", "tiny", "--train.epochs=60", "--checkpoint.save_every_steps=7"]
+    add_options(parser, "one kill of a 2-epoch tiny run: a check of this script, in seconds")
+    args = parse(parser)
+    epochs = 2 if args.tiny else 60
+    trainer_args = args.trainer_args or [
+        "--config",
+        "tiny",
+        f"--train.epochs={epochs}",
+        "--checkpoint.save_every_steps=7",
+    ]
+    if args.kills is None:
+        args.kills = 1 if args.tiny else 20
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,27 +88,35 @@ def main() -> dict:
             proc.wait()
             kills += 1
             print(f"kill {kills}", file=sys.stderr)
-        result = subprocess.run(
-            command(stressed, [*trainer_args, "--resume", "auto"]), env=env, capture_output=True, text=True
-        )
-        if result.returncode != 0:
-            sys.exit(result.stderr[-2000:])
-        output += result.stdout.splitlines()
+        info = stressed / "run_info.json"
+        if "final_step" not in (json.loads(info.read_text()) if info.is_file() else {}):
+            # Not finished (a run that reached its end before a kill has nothing left to resume).
+            result = subprocess.run(
+                command(stressed, [*trainer_args, "--resume", "auto"]), env=env, capture_output=True, text=True
+            )
+            if result.returncode != 0:
+                sys.exit(result.stderr[-2000:])
+            output += result.stdout.splitlines()
         lost = sum(" is corrupted" in line or " is incomplete" in line for line in output)
         ref = json.loads((reference / "run_info.json").read_text())["weight_digests"]
         got = json.loads((stressed / "run_info.json").read_text())["weight_digests"]
-    return {
-        "kills_survived": kills,
-        "checkpoints_lost": lost,
-        "saves_interrupted": len(interrupted_saves),
-        "final_weights_equal": ref == got,
-        "uninterrupted_seconds": round(uninterrupted_s, 1),
-        "trainer_args": trainer_args,
-    }
+    from trainer.hardware import cpu_info
+
+    return finish(
+        args,
+        {
+            "cpu": cpu_info(),
+            "kills_survived": kills,
+            "checkpoints_lost": lost,
+            "saves_interrupted": len(interrupted_saves),
+            "final_weights_equal": ref == got,
+            "uninterrupted_seconds": round(uninterrupted_s, 1),
+            "trainer_args": trainer_args,
+        },
+    )
 
 
 if __name__ == "__main__":
-    from trainer.hardware import cpu_info, describe_cpu
+    import bench_cli
 
-    print(f"CPU: {describe_cpu()}", file=sys.stderr, flush=True)
-    print(json.dumps({"cpu": cpu_info(), **main()}))
+    bench_cli.run(main)

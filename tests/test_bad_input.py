@@ -63,8 +63,17 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
         ("model:\n  hidden_dim: 8\n  hidden_dim: 9\n", "bad.yaml:3:3: found duplicate key hidden_dim"),
         ("model:\n  hidden_dim: [8\n", "bad.yaml:3:1: "),
         ("train: ???\n", "section 'train' must be a mapping of its keys"),
+        (f"model:\n  hidden_dim: {'9' * 23}\n", f"model.hidden_dim={'9' * 23} is out of range; it must be in [1, "),
     ],
-    ids=["section-not-a-mapping", "top-level-list", "syntax", "duplicate-key", "unclosed-list", "missing-value"],
+    ids=[
+        "section-not-a-mapping",
+        "top-level-list",
+        "syntax",
+        "duplicate-key",
+        "unclosed-list",
+        "missing-value",
+        "23-digit-size",
+    ],
 )
 def test_config_files(tmp_path, capsys, text, message):
     path = tmp_path / "bad.yaml"
@@ -78,6 +87,25 @@ def test_config_files(tmp_path, capsys, text, message):
 def test_non_finite_numbers(tmp_path, capsys, arg):
     key, value = arg[2:].split("=")
     assert f"{key}={float(value)!r} is not a finite number" in bad_run(tmp_path, capsys, arg)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data.group_column=label"], "data.group_column='label' is the label column; give the column that says"),
+        (["--optim.betas=[2,0.5]"], "optim.betas[0]=2.0 is out of range; it must be in [0.0, 1.0)"),
+        (["--optim.eps=-1"], "optim.eps=-1.0 is out of range; it must be in (0.0, 1.0]"),
+        (
+            ["--model.embedding_dim=65536", "--model.hidden_dim=65536", "--model.num_layers=64"],
+            "GiB in float32, more than the ",
+        ),
+    ],
+    ids=["label-column-as-groups", "betas", "negative-eps", "model-larger-than-memory"],
+)
+def test_values_that_cannot_train(tmp_path, capsys, args, message):
+    line = bad_run(tmp_path, capsys, *args)
+    assert message in line
+    assert args[0].split("=")[0][2:] in line  # the key
 
 
 def _jsonl(path, records: list, broken_line: int | None = None):
@@ -236,3 +264,15 @@ def test_only_explicit_causes_make_an_error_the_users():
             raise KeyError("a bug while handling it")  # __context__ only: a bug, it keeps its traceback
         except KeyError as bug:
             assert as_user_error(bug) is None
+
+
+def test_an_allocation_that_fails_is_one_line_naming_the_sizes_to_lower():
+    import torch
+
+    from trainer.errors import as_user_error
+
+    with pytest.raises(RuntimeError) as failed:
+        torch.empty(2**60, dtype=torch.uint8)  # an exabyte: no machine has it
+    error = as_user_error(failed.value)
+    assert error is not None and str(error).startswith("out of memory (DefaultCPUAllocator: can't allocate memory")
+    assert "choose smaller sizes (--model.embedding_dim, --model.hidden_dim" in str(error)

@@ -75,6 +75,18 @@ def test_killed_and_resumed_run_ends_bit_for_bit_equal(reference, tmp_path, kill
     assert read_json(run / "run_info.json")["final_metrics"] == read_json(reference / "run_info.json")["final_metrics"]
 
 
+def test_a_checkpoint_past_the_runs_last_step_is_refused(tmp_path, killed_at_11):
+    """Resumed with --train.max_steps below the checkpoint's step, a run would train on past its end
+    and call that done: refused in one line, the run folder left as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(killed_at_11, run)
+    before = sorted((p.relative_to(run), p.stat().st_size) for p in run.rglob("*"))
+    result = train(run, "--resume", "auto", "--train.max_steps=6", expect=2)
+    assert "checkpoint " in result.stderr and "is at step 8, past this run's last step 6" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert sorted((p.relative_to(run), p.stat().st_size) for p in run.rglob("*")) == before
+
+
 def test_weights_held_as_cudnn_holds_them_are_saved_whole_and_resume_bit_for_bit(reference, tmp_path):
     """On a GPU every recurrent layer keeps its weights as views into one cuDNN buffer (emulated
     here): a checkpoint must still hold each of them, or no GPU run could resume."""
@@ -307,15 +319,45 @@ def checkpoint_files(run: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_resume_auto_never_trains_into_a_folder_of_other_files(tmp_path):
+def test_no_way_of_choosing_a_run_folder_trains_into_a_folder_of_other_files(tmp_path, killed_at_11):
     run = tmp_path / "mine"
     run.mkdir()
     files = {"config.yaml": "model: {}\n", "metrics.jsonl": '{"step": 1}\n', "notes.txt": "my notes"}
     for name, text in files.items():
         (run / name).write_text(text)
-    result = train(run, "--resume", "auto", expect=2)
-    assert "holds files but no run of this trainer (no run_info.json)" in result.stderr
-    assert {p.name: p.read_text() for p in run.iterdir()} == files
+    checkpoint = str(killed_at_11 / "checkpoints" / "step-00000004")
+    for way in (["--resume", "auto"], ["--resume", "none"], ["--overwrite"], ["--resume", checkpoint, "--overwrite"]):
+        result = train(run, *way, expect=2)
+        assert "holds files but no run of this trainer (no run_info.json)" in result.stderr, way
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert {p.name: p.read_text() for p in run.iterdir()} == files, way
+    # A run folder may be started over (--overwrite), but not while the run reads from it.
+    run = tmp_path / "run"
+    shutil.copytree(killed_at_11, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".trainer.lock"}
+    result = train(run, "--overwrite", f"--tokenizer.path={run / 'tokenizer.json'}", expect=2)
+    assert f"--tokenizer.path={run / 'tokenizer.json'} lies in" in result.stderr, result.stderr
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".trainer.lock"}
+
+
+def test_two_trainings_started_into_one_folder_do_not_mix_their_files(tmp_path):
+    """Both start while the folder is empty; the one that writes first holds it (a lock in the
+    folder, released when it ends however it ends); the other stops in one line."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "trainer", *COMMON, f"--train.output_dir={run}", "--train.epochs=1"]
+    runs = [subprocess.Popen([*command, f"--train.seed={seed}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for seed in (1, 2)]  # fmt: skip
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in runs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    (winner,) = [seed for seed, (code, _) in zip((1, 2), results, strict=True) if code == 0]
+    (error,) = [err for code, err in results if code == 2]
+    assert "another training" in error and "--train.output_dir" in error and len(error.strip().splitlines()) == 1
+    assert f"--train.seed={winner}" in " ".join(read_json(run / "run_info.json")["command"])
+    assert f"seed: {winner}" in (run / "config.yaml").read_text()
+    # Ended, it holds the folder no more: resuming it is up to the user again.
+    result = train(run, "--resume", "auto", "--train.epochs=1", expect=2)
+    assert "has already finished" in result.stderr
 
 
 def test_a_copied_run_folder_resumes_from_its_newest_checkpoint(reference, tmp_path, killed_at_11):

@@ -111,3 +111,85 @@ def test_a_bare_run_uses_the_config_classes_defaults():
     --config gets (the default preset only names the built-in data, which is the default too)."""
     assert load_config("default", []) == load_config(None, [])
     assert load_config("default", []).train.mixed_precision == "auto"
+
+
+def _settings(kind: type, cls: object = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config whose type is ``kind`` (or ``kind | None``)."""
+    import dataclasses
+    import typing
+
+    from trainer.config import Config
+
+    cls = cls or Config
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += _settings(kind, tp, f"{prefix}{f.name}.")
+        elif tp is kind or set(typing.get_args(tp)) == {kind, type(None)}:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+BIG = "12345678901234567890123"  # 23 digits: beyond int64, where torch and numpy overflow
+
+
+@pytest.mark.parametrize("key", _settings(int))
+def test_every_integer_setting_refuses_a_number_no_library_can_hold(key):
+    with pytest.raises(UserError, match=rf"^{key}={BIG} .*(out of range|needs)"):
+        load_config("tiny", [f"--{key}={BIG}"])
+
+
+@pytest.mark.parametrize("key", _settings(float))
+def test_every_number_setting_refuses_nan(key):
+    with pytest.raises(UserError, match=rf"^{key}=nan is not a finite number"):
+        load_config("tiny", [f"--{key}=nan"])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--data.group_column=label"], r"data.group_column='label' is the label column; give the column"),
+        (["--data.group_column=text"], r"data.group_column='text' is a text column"),
+        (["--data.label_column=text"], r"data.label_column='text' is also a text column"),
+        (["--data.text_column=title,title"], r"data.text_column='title,title' has an empty or repeated name"),
+        (["--optim.betas=[2,0.5]"], r"optim.betas\[0\]=2.0 is out of range; it must be in \[0.0, 1.0\)"),
+        (["--optim.betas=[0.9,1]"], r"optim.betas\[1\]=1.0 is out of range"),
+        (["--optim.eps=-1"], r"optim.eps=-1.0 is out of range; it must be in \(0.0, 1.0\]"),
+        (["--optim.eps=0"], r"optim.eps=0.0 is out of range"),
+        (["--optim.weight_decay=1000"], r"optim.weight_decay=1000.0 x optim.lr=0.003 is 1 or more"),
+        (["--model.hidden_dim=100000"], r"model.hidden_dim=100000 is out of range; it must be in \[1, 65536\]"),
+        (["--model.num_layers=65"], r"model.num_layers=65 is out of range"),
+        (["--tokenizer.vocab_size=1000000000"], r"tokenizer.vocab_size=1000000000 is out of range"),
+        (["--train.batch_size=10000000"], r"train.batch_size=10000000 is out of range"),
+        (["--data.max_length=10000000"], r"data.max_length=10000000 is out of range"),
+        (["--data.num_workers=100000"], r"data.num_workers=100000 is out of range; it must be in \[0, 256\]"),
+        (["--data.pad_to_multiple_of=65"], r"data.pad_to_multiple_of=65 is out of range; it must be in \[1, 64\]"),
+        (["--train.seed=-1"], r"train.seed=-1 is out of range; it must be in \[0, 4294967295\]"),
+        (["--train.seed=4294967296"], r"train.seed=4294967296 is out of range"),
+        (["--data.split_seed=-1"], r"data.split_seed=-1 is out of range"),
+        (["--data.cv_fold=3"], r"data.cv_fold=3 needs data.cv_folds"),
+        (
+            ["--data.train_files=a.csv", "--data.validation_files=b.csv", "--data.cv_folds=3"],
+            r"data.cv_folds validates on a fold of the training data; give no data.validation_files",
+        ),
+        (["--data.train_files=[]"], r"data.train_files=\[\] names no file"),
+        (["--data.name="], r"data.name='' is empty; give 'builtin' or a Hub dataset name"),
+        (["--train.output_dir="], r"train.output_dir='' is empty"),
+        (["--data.cache_dir= "], r"data.cache_dir=' ' is empty"),
+        (["--checkpoint.resume="], r"checkpoint.resume='' is empty; give none, auto or a checkpoint folder"),
+        (["--checkpoint.license=My License"], r"checkpoint.license='My License' is not a Hub license id"),
+        (["--logging.project=team/run"], r"logging.project='team/run' must be at most 128 characters, none of them"),
+        (["--model.cell='gru"], r"--model.cell='gru cannot be read \(.*\); close its quotes and brackets"),
+    ],
+)
+def test_values_out_of_their_range_or_contradicting_others_name_the_key(args, message):
+    with pytest.raises(UserError, match=message):
+        load_config("tiny", args)
+
+
+def test_a_23_digit_size_in_a_yaml_file_names_the_key(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text(f"model:\n  hidden_dim: {BIG}\n")
+    with pytest.raises(UserError, match=rf"model.hidden_dim={BIG} is out of range; it must be in \[1, 65536\]"):
+        load_config(str(path), [])

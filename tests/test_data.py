@@ -109,6 +109,28 @@ def test_second_run_reuses_tokenizer_and_tokenised_cache(tmp_path):
     assert not third.stats["train_tokens_cache_hit"]
 
 
+def test_a_file_edited_in_place_with_its_size_and_time_kept_is_read_anew(tmp_path):
+    """The caches (datasets' own and ours) are keyed by the files' contents: an edit that keeps the
+    size and the modification time (``touch -r``, a copy that keeps times) trains on the new rows."""
+    rows = review_rows(80)
+    path = write_csv(tmp_path / "train.csv", rows)
+    before = os.stat(path)
+    first = prepare(tmp_path, train_files=[str(path)], validation_fraction=0.1)
+    write_csv(path, [(text, 1 - label) for text, label in rows])  # every label flipped: the same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size and os.stat(path).st_mtime_ns == before.st_mtime_ns
+    second = prepare(tmp_path, train_files=[str(path)], validation_fraction=0.1)
+    assert not second.stats["train_tokens_cache_hit"]
+
+    def labels(data) -> dict:
+        decode = data.tokenizer.decode  # the tokenizer is trained anew on the new training split
+        return {decode(x["input_ids"]): x["label"] for split in (data.train, data.validation) for x in split}
+
+    assert {ids: 1 - y for ids, y in labels(first).items()} == labels(second)
+    again = prepare(tmp_path, train_files=[str(path)], validation_fraction=0.1)
+    assert again.stats["train_tokens_cache_hit"] and labels(again) == labels(second)
+
+
 def test_local_files_in_every_format_give_the_same_data(tmp_path):
     rows = review_rows(60)
     csv_path = write_csv(tmp_path / "train.csv", rows)
@@ -145,7 +167,8 @@ def test_empty_and_null_texts_are_dropped_with_a_count(tmp_path):
 
 def test_loaders_batch_every_training_example_once(tmp_path):
     data = prepare(tmp_path, builtin=CorpusConfig(num_examples=203))
-    train_loader, eval_loader = build_dataloaders(data, DataConfig(), batch_size=16, eval_batch_size=32)
+    config = DataConfig(length_buckets=0)  # each batch padded to its longest row, no wider
+    train_loader, eval_loader = build_dataloaders(data, config, batch_size=16, eval_batch_size=32)
     rows = Counter(tuple(ids) for ids in data.train["input_ids"])
     seen = Counter(
         tuple(row[:length].tolist())
@@ -186,6 +209,25 @@ def test_the_imdb_preset_validates_on_movies_it_does_not_train_on():
     assert not movies["train"] & movies["validation"]
     assert abs(len(splits["validation"]) - 2500) <= 30 and len(splits["train"]) + len(splits["validation"]) == 25000
     assert stats["validation_groups"] >= len(movies["validation"]) > 250  # about 10% of 3,456 movies
+
+
+def test_a_carved_validation_split_holds_every_class_in_proportion(tmp_path):
+    """96 negatives and 4 positives: a random 10% would often hold no positive and validate one
+    class alone (accuracy 1.0, F1 0.0, unsaid). The carve is stratified, with groups as groups allow."""
+    rows = [(f"review number {i} {'good' if i % 25 == 0 else 'bad'}", int(i % 25 == 0)) for i in range(100)]
+    path = write_csv(tmp_path / "skewed.csv", rows)
+    for seed in range(5):
+        data = prepare(tmp_path, train_files=[str(path)], validation_fraction=0.1, split_seed=seed)
+        assert sorted(data.validation["label"]) == [0] * 10 + [1], seed  # 10% of each class, at least one
+        assert data.stats["validation_classes_missing"] == []
+    # Groups of 5 rows of one class: 18 negative groups and 2 positive ones. 20% of the positives is
+    # less than a group, yet one of the two goes to validation, whole.
+    grouped = [(f"review {i} {'good' if i >= 90 else 'bad'}", int(i >= 90), f"movie-{i // 5}") for i in range(100)]
+    path = write_csv(tmp_path / "grouped.csv", grouped, header=("text", "label", "movie"))
+    for seed in range(5):
+        options = {"validation_fraction": 0.2, "split_seed": seed, "group_column": "movie"}
+        data = prepare(tmp_path, train_files=[str(path)], **options)
+        assert Counter(data.validation["label"]) == {0: 20, 1: 5} and data.stats["validation_groups"] == 5, seed
 
 
 def test_too_few_examples_for_the_processes():
@@ -279,9 +321,8 @@ def test_cross_validation_folds_partition_the_data(tmp_path):
     assert set(clean_splits(load_raw_splits(again), again)[0]["validation"]["text"]) == held_out[2]
     with pytest.raises(UserError, match="cv_fold=5 is out of range"):
         DataConfig(train_files=[str(path)], cv_folds=5, cv_fold=5)
-    both = DataConfig(train_files=[str(path)], validation_files=[str(path)], cv_folds=5)
-    with pytest.raises(UserError, match="cv_folds needs data without a validation split"):
-        clean_splits(load_raw_splits(both), both)
+    with pytest.raises(UserError, match=r"cv_folds validates on a fold of the training data; give no data\.validation"):
+        DataConfig(train_files=[str(path)], validation_files=[str(path)], cv_folds=5)
 
 
 def grouped_csv(path, groups: int = 40, seed: int = 0):
@@ -360,6 +401,22 @@ def test_group_column_errors_name_the_column_and_the_fix(tmp_path):
         clean_splits(load_raw_splits(single), single)
     given = DataConfig(train_files=[str(path)], validation_files=[str(path)], group_column="movie_id")
     assert clean_splits(load_raw_splits(given), given)[2]["validation_groups_in_train"] == 3  # counted, not hidden
+    blank = write_csv(tmp_path / "blank.csv", [(t, y, " ") for t, y in review_rows(20)], ("text", "label", "movie_id"))
+    for cv_folds in (None, 2):  # a carve or folds: nothing would keep rows together, unsaid
+        empty = DataConfig(train_files=[str(blank)], group_column="movie_id", cv_folds=cv_folds)
+        with pytest.raises(UserError, match=r"--data.group_column=movie_id is empty on every training row"):
+            clean_splits(load_raw_splits(empty), empty)
+
+
+def test_a_validation_split_without_a_class_is_named(tmp_path):
+    from trainer.data import clean_splits, load_raw_splits
+
+    rows = review_rows(40)
+    train = write_csv(tmp_path / "train.csv", rows)
+    negatives = write_csv(tmp_path / "negatives.csv", [(t, y) for t, y in rows if y == 0])
+    config = DataConfig(train_files=[str(train)], validation_files=[str(negatives)])
+    _, labels, stats = clean_splits(load_raw_splits(config), config)
+    assert stats["validation_classes_missing"] == [labels.names[1]]
 
 
 def test_length_buckets_bound_the_padding_and_the_number_of_shapes():

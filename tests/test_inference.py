@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, read_json, review_rows, write_csv
+from conftest import REPO, read_json, review_rows, run_cli, write_csv
 from test_distributed import launcher
 
 from trainer.inference import load_model
@@ -434,6 +434,77 @@ def test_a_damaged_export_is_refused_instead_of_predicting_nan(trained, tmp_path
     done = cli("predict", ["--model", str(damaged), "a wonderful film"], tmp_path)
     assert done.returncode == 2 and done.stdout == ""
     assert "holds non-finite (nan or inf) weights" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+EDITED_CONFIGS = {
+    "three-labels-for-a-two-label-head": (
+        lambda meta: meta.update(num_labels=3, id2label={"0": "negative", "1": "neutral", "2": "positive"}),
+        "does not describe {folder}/model.safetensors (classifier.weight is 1x",
+    ),
+    "a-label-more-than-num-labels": (
+        lambda meta: meta["id2label"].update({"2": "neutral"}),
+        "id2label holds 3 labels, num_labels=2",
+    ),
+    "the-same-label-twice": (lambda meta: meta["id2label"].update({"1": "negative"}), "must name each label once"),
+    "negative-max-length": (lambda meta: meta.update(max_length=-5), "max_length=-5 is out of range"),
+    "max-length-not-a-whole-number": (lambda meta: meta.update(max_length="64"), "max_length='64' is not a whole"),
+    "wider-hidden-dim": (
+        lambda meta: meta["model"].update(hidden_dim=2 * meta["model"]["hidden_dim"]),
+        "does not describe {folder}/model.safetensors (layers.0.0.weight_ih_l0 is",
+    ),
+    "23-digit-hidden-dim": (
+        lambda meta: meta["model"].update(hidden_dim=int("9" * 23)),
+        f"model.hidden_dim={'9' * 23} is out of range",
+    ),
+    "larger-vocabulary": (
+        lambda meta: meta.update(vocab_size=10**6),
+        "does not describe {folder}/model.safetensors (embedding.weight is",
+    ),
+    "pad-id-of-another-token": (lambda meta: meta.update(pad_id=3), "pad_id=3 is not the tokenizer's padding token"),
+    "unknown-truncation": (lambda meta: meta.update(truncation="middle"), "truncation='middle' is not valid"),
+    "unknown-model-setting": (lambda meta: meta["model"].update(layers=2), "model.layers is not a model setting"),
+}
+
+
+@pytest.mark.parametrize("case", EDITED_CONFIGS)
+def test_a_config_json_edited_after_export_is_refused_before_predicting(trained, tmp_path, case):
+    """config.json has no checksum (its labels may be renamed): each value is checked, and against
+    the weights' shapes and the tokenizer, before any prediction."""
+    folder = tmp_path / "edited"
+    shutil.copytree(trained / "best", folder)
+    meta = json.loads((folder / "config.json").read_text())
+    edit, message = EDITED_CONFIGS[case]
+    edit(meta)
+    (folder / "config.json").write_text(json.dumps(meta))
+    done = cli("predict", ["--model", str(folder), "a wonderful film"], tmp_path)
+    assert done.returncode == 2 and done.stdout == "", (done.stdout, done.stderr[-2000:])
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-2000:]
+    assert f"{folder}/config.json" in lines[0] and message.format(folder=folder) in lines[0], lines[0]
+    assert lines[0].endswith("export the model again"), lines[0]
+
+
+@pytest.mark.parametrize("case", ["negative-max-length", "tokenizer-of-fewer-tokens"])
+def test_a_folder_edited_after_export_is_refused_as_model_init_from(trained, tmp_path, case):
+    folder = tmp_path / "edited"
+    shutil.copytree(trained / "best", folder)
+    if case == "negative-max-length":
+        meta = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**meta, "max_length": -1}))
+        message = f"{folder}/config.json: max_length=-1 is out of range"
+    else:
+        tokenizer = json.loads((folder / "tokenizer.json").read_text())
+        vocab = tokenizer["model"]["vocab"]
+        for token in sorted(vocab, key=vocab.get)[-5:]:
+            del vocab[token]
+        (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+        message = f"{folder}/tokenizer.json has {len(vocab)} tokens, and {folder}/config.json {len(vocab) + 5}"
+    run = tmp_path / "run"
+    args = ["--config", "tiny", "--logging.tracker=none", f"--train.output_dir={run}", f"--model.init_from={folder}"]
+    done = run_cli(args, tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr[-2000:]
+    assert not run.exists()
 
 
 def test_predict_html_goes_into_a_new_folder_and_an_unwritable_one_fails_before_predicting(trained, tmp_path):

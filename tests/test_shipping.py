@@ -287,6 +287,64 @@ def test_the_clis_run_an_onnx_folder_like_an_eager_one(trained, tmp_path, capsys
     assert not (tmp_path / "again").exists()
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            {"num_labels": 3, "id2label": {"0": "negative", "1": "neutral", "2": "positive"}},
+            "the graph gives 1 output(s), num_labels=3 needs 3",
+        ),
+        ({"vocab_size": 100_000}, "the graph cannot read token 99999 (vocab_size=100000)"),
+    ],
+    ids=["three-labels-for-a-two-label-graph", "larger-vocabulary"],
+)
+def test_an_onnx_folder_whose_config_json_was_edited_is_refused_before_predicting(trained, tmp_path, edit, message):
+    folder = tmp_path / "edited-onnx"
+    shutil.copytree(trained / "best-onnx-int8", folder)
+    meta = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**meta, **edit}))
+    done = cli("predict", ["--model", str(folder), "great"], tmp_path)
+    one_line_error(done, f"{folder}/config.json does not describe {folder}/model.onnx: {message}")
+    assert done.stdout == "" and done.stderr.strip().endswith("export the model again"), done.stderr
+
+
+def tree(folder: Path) -> dict:
+    """Every file under ``folder`` and its SHA-256."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_overwrite_replaces_outputs_never_inputs_or_other_files(trained, tmp_path, capsys):
+    """--overwrite is consent to replace what the command wrote before, not the model it reads, a
+    folder holding that model, the data, or a folder of the user's files."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    model, data = run / "best", write_csv(tmp_path / "reviews.csv", review_rows(20, seed=2))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own file")
+    before = tree(tmp_path)
+    refusals = {
+        (export_main, "--model", str(model), "--output", str(run), "--overwrite"): "holds the model",
+        (export_main, "--model", str(model), "--output", str(model / "onnx")): "lies in the model folder",
+        (export_main, "--model", str(model), "--output", str(mine), "--overwrite"): "holds files an export does not",
+        (predict_main, "--model", str(model), "--html", str(model / "README.md"), "--overwrite", "good"): "reads",
+        (predict_main, "--model", str(model), "--file", str(data), "--html", str(data), "--overwrite"): "reads",
+        (predict_main, "--model", str(model), "--html", str(mine), "--overwrite", "good"): "is a folder",
+    }
+    for (main, *args), message in refusals.items():
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    done = cli("evaluate", ["--model", str(model), "--data", str(data), "--plot", str(data), "--overwrite"], tmp_path)
+    assert done.returncode == 2 and "which this command reads" in done.stderr, done.stderr
+    assert tree(tmp_path) == before, "nothing read was changed, nothing written"
+    # What an export wrote, it may replace.
+    assert export_main(["--model", str(model), "--output", str(run / "best-onnx"), "--overwrite"]) == 0
+    assert tree(model) == {k[len("run/best/") :]: v for k, v in before.items() if k.startswith("run/best/")}
+
+
 def test_the_prediction_benchmark_compares_every_runtime_on_the_runs_validation_split(trained, tmp_path):
     from trainer.hardware import cpu_info
 

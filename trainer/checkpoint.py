@@ -21,10 +21,11 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from accelerate.utils import load as accelerate_load
 
-from trainer.errors import UserError, check_choice, check_range
+from trainer.errors import MAX_COUNT, UserError, check_choice, check_given, check_kind, check_range, write_error
 from trainer.export import sha256_file
 from trainer.metrics import METRIC_MODES
 
@@ -32,6 +33,7 @@ CHECKPOINTS_DIR = "checkpoints"
 STATE_NAME = "train_state.json"
 MANIFEST_NAME = "manifest.json"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
+LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")  # as the Hub spells them: apache-2.0, cc-by-nc-4.0, other
 
 
 @dataclass
@@ -65,10 +67,16 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         check_choice("checkpoint.best_metric", self.best_metric, METRIC_MODES)
-        check_range("checkpoint.save_every_steps", self.save_every_steps, 0)
-        check_range("checkpoint.keep_last", self.keep_last, 1)
-        check_range("checkpoint.early_stopping_patience", self.early_stopping_patience, 0)
-        check_range("checkpoint.mistakes", self.mistakes, 0)
+        check_range("checkpoint.save_every_steps", self.save_every_steps, 0, MAX_COUNT)
+        check_range("checkpoint.keep_last", self.keep_last, 1, MAX_COUNT)
+        check_range("checkpoint.early_stopping_patience", self.early_stopping_patience, 0, MAX_COUNT)
+        check_range("checkpoint.mistakes", self.mistakes, 0, MAX_COUNT)
+        check_given("checkpoint.resume", self.resume, "none, auto or a checkpoint folder")
+        if self.license is not None and not LICENSE_ID.fullmatch(self.license):
+            raise UserError(
+                f"checkpoint.license={self.license!r} is not a Hub license id; give one such as apache-2.0, mit, "
+                "cc-by-4.0 or other (lowercase, no spaces), or null"
+            )
 
 
 @dataclass
@@ -109,16 +117,21 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, keep_last: in
     hook = accelerator.register_save_state_pre_hook(give_views_their_own_storage)
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)  # every rank writes its RNG states
+    except Exception as exc:
+        abandon_save(exc, tmp, final, accelerator.is_main_process)
     finally:
         hook.remove()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         saved = {**state.state_dict(), "save_sequence": next_save_sequence(root)}
-        (tmp / STATE_NAME).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files}
-        # The manifest goes last: a folder without one was not finished.
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        try:
+            (tmp / STATE_NAME).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
+            files = sorted(p for p in tmp.rglob("*") if p.is_file())
+            manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files}
+            # The manifest goes last: a folder without one was not finished.
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        except Exception as exc:
+            abandon_save(exc, tmp, final, is_main=True)
         old = root / f".old-{final.name}"
         if final.exists():  # the same step saved again (an epoch end right after a step save)
             shutil.rmtree(old, ignore_errors=True)
@@ -128,6 +141,18 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, keep_last: in
         prune_checkpoints(root, keep_last, state.best_step)
     accelerator.wait_for_everyone()
     return final
+
+
+def abandon_save(exc: Exception, tmp: Path, final: Path, is_main: bool) -> NoReturn:
+    """A save that failed (a full disk): its temporary folder is removed, so that the previous
+    checkpoint stays the newest and the space is given back, and a file-system error is raised
+    naming the checkpoint (``write_error``: one line)."""
+    error = write_error(exc, final)  # while the disk is still full
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if error is None:
+        raise exc
+    raise error from exc
 
 
 def give_views_their_own_storage(models, weights: list[dict], output_dir: str) -> None:
@@ -257,6 +282,7 @@ def find_resume_checkpoint(run_dir: Path, resume: str, report) -> Path | None:
         return None
     if resume != "auto":
         path = Path(resume)
+        check_kind(path, "folder", "a checkpoint folder (checkpoints/step-...), auto or none", "checkpoint")
         if not path.is_dir():
             raise UserError(f"checkpoint {path} does not exist; give a checkpoint folder, auto or none")
         problem = check_checkpoint(path)

@@ -23,7 +23,7 @@ import sys
 from trainer.checkpoint import CHECKPOINTS_DIR, list_checkpoints
 from trainer.collective import collective_failure, report
 from trainer.config import config_reference, load_config, preset_names
-from trainer.errors import UserError, exit_for
+from trainer.errors import UserError, exit_for, flush_stdout
 from trainer.preemption import Preemption
 from trainer.task import Classification, Task
 from trainer.train import Run, fit, setup
@@ -41,6 +41,7 @@ def parse_cli(argv: list[str], usage: str | None = None) -> tuple[str, list[str]
             print(usage or __doc__)
             print(f"Presets: {', '.join(preset_names())}\n\nConfig keys (--section.key=value):")
             print(config_reference())
+            flush_stdout()  # here, where a full disk or a closed pipe is one line, not at exit
             raise SystemExit(0)
         if arg == "--config" or arg.startswith("--config="):
             if "=" in arg:

@@ -21,7 +21,16 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from trainer.checkpoint import CheckpointConfig
 from trainer.data import DataConfig
-from trainer.errors import UserError, check_choice, check_range
+from trainer.errors import (
+    MAX_COUNT,
+    MAX_SEED,
+    UserError,
+    check_choice,
+    check_given,
+    check_kind,
+    check_range,
+    write_text,
+)
 from trainer.lm import PretrainConfig
 from trainer.model import ModelConfig
 from trainer.optim import OptimConfig
@@ -30,6 +39,7 @@ from trainer.tracking import LoggingConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 PRECISIONS = ("no", "fp16", "bf16", "auto")
+MAX_BATCH = 1 << 20  # examples per micro-step
 
 
 @dataclass
@@ -99,17 +109,15 @@ class TrainConfig:
         if self.mixed_precision == "False":  # `mixed_precision: no` unquoted in a YAML file
             self.mixed_precision = "no"
         check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
-        for key in (
-            "epochs",
-            "batch_size",
-            "gradient_accumulation_steps",
-            "log_every_steps",
-        ):
-            check_range(f"train.{key}", getattr(self, key), 1)
-        for key in ("max_steps", "eval_batch_size", "global_batch_size"):
+        for key in ("epochs", "gradient_accumulation_steps", "log_every_steps"):
+            check_range(f"train.{key}", getattr(self, key), 1, MAX_COUNT)
+        check_range("train.batch_size", self.batch_size, 1, MAX_BATCH)
+        for key, high in (("max_steps", MAX_COUNT), ("eval_batch_size", MAX_BATCH), ("global_batch_size", MAX_COUNT)):
             if getattr(self, key) is not None:
-                check_range(f"train.{key}", getattr(self, key), 1)
-        check_range("train.eval_every_steps", self.eval_every_steps, 0)
+                check_range(f"train.{key}", getattr(self, key), 1, high)
+        check_range("train.eval_every_steps", self.eval_every_steps, 0, MAX_COUNT)
+        check_range("train.seed", self.seed, 0, MAX_SEED)
+        check_given("train.output_dir", self.output_dir, "a folder, or null for runs/<preset>-<date>-<time>")
         check_range("train.process_timeout_minutes", self.process_timeout_minutes, 0.01, 7 * 24 * 60.0)
         check_range("train.ema_decay", self.ema_decay, 0.0, 0.999999)
         check_range("train.adversarial_epsilon", self.adversarial_epsilon, 0.0)
@@ -138,11 +146,23 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # python -m trainer.pretrain only
 
     def __post_init__(self) -> None:
+        _check_integers(self, "")
         if self.data.sampler == "balanced" and self.train.class_weights == "balanced":
             raise UserError(
                 "data.sampler=balanced already draws every class equally often, and train.class_weights=balanced "
                 "would weigh the rare classes up a second time: use one of the two"
             )
+
+
+def _check_integers(section: object, prefix: str) -> None:
+    """Every integer setting within int64, whatever its section checks: beyond it, torch, numpy and
+    the tokenizers fail with an OverflowError instead of naming the key."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_integers(value, f"{prefix}{f.name}.")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            check_range(f"{prefix}{f.name}", value, -(2**63), 2**63 - 1)
 
 
 def preset_names() -> list[str]:
@@ -151,6 +171,10 @@ def preset_names() -> list[str]:
 
 def resolve_preset(name_or_path: str) -> Path:
     path = Path(name_or_path)
+    give = f"a preset name ({', '.join(preset_names())}) or a YAML config file"
+    check_kind(path, "file", give, "--config")
+    if path.is_file() and path.suffix not in (".yaml", ".yml"):
+        raise UserError(f"--config {path} is not a YAML file (.yaml or .yml); give {give}")
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise UserError(f"config file {path} does not exist")
@@ -224,6 +248,18 @@ def parse_overrides(args: list[str]) -> list[str]:
     return dotlist
 
 
+def _from_dotlist(dotlist: list[str]) -> DictConfig:
+    """The overrides as a config; a value YAML cannot read (an unclosed quote or bracket) names its key."""
+    for entry in dotlist:
+        try:
+            OmegaConf.from_dotlist([entry])
+        except (yaml.YAMLError, OmegaConfBaseException) as exc:
+            key, _, value = entry.partition("=")
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise UserError(f"--{key}={value} cannot be read ({problem}); close its quotes and brackets") from exc
+    return OmegaConf.from_dotlist(dotlist)
+
+
 def _merge(base, other, source: str):
     try:
         return OmegaConf.merge(base, other)
@@ -267,7 +303,7 @@ def load_config(preset: str | None, overrides: list[str]) -> Config:
     if preset:
         path = resolve_preset(preset)
         merged = _merge(merged, read_yaml(path), str(path))
-    merged = _merge(merged, OmegaConf.from_dotlist(parse_overrides(overrides)), "the command line")
+    merged = _merge(merged, _from_dotlist(parse_overrides(overrides)), "the command line")
     try:
         return OmegaConf.to_object(merged)
     except UserError:
@@ -319,4 +355,4 @@ if __name__ == "__main__":  # python -m trainer.config FILE.md: rewrite FILE's r
     import sys
 
     target = Path(sys.argv[1])
-    target.write_text(with_reference(target.read_text(encoding="utf-8")), encoding="utf-8")
+    write_text(target, with_reference(target.read_text(encoding="utf-8")))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from trainer.errors import check_range
+from trainer.errors import MAX_SEED, check_range
 
 # Bump when the generator changes: it is part of the cache keys of generated data.
 CORPUS_VERSION = 1
@@ -80,7 +80,8 @@ class CorpusConfig:
     )
 
     def __post_init__(self) -> None:
-        check_range("data.builtin.num_examples", self.num_examples, 2)
+        check_range("data.builtin.num_examples", self.num_examples, 2, 100_000_000)
+        check_range("data.builtin.seed", self.seed, 0, MAX_SEED)
         check_range("data.builtin.aspect_agreement", self.aspect_agreement, 0.0, 1.0)
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import bz2
 import dataclasses
+import errno
 import glob
 import gzip
 import hashlib
+import importlib.util
 import json
 import lzma
+import math
 import os
 import random
 import time
@@ -31,9 +34,22 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from trainer import corpus
-from trainer.errors import UserError, check_choice, check_range, check_writable_dir
+from trainer.errors import (
+    MAX_COUNT,
+    MAX_SEED,
+    UserError,
+    check_choice,
+    check_given,
+    check_kind,
+    check_range,
+    check_writable_dir,
+    write_error,
+    write_text,
+)
 from trainer.labels import LabelMap
+from trainer.network import bound_hub_requests, hub_unreachable_reason
 from trainer.tokenizer import (
+    MAX_TOKENS,
     TRUNCATIONS,
     TokenizerConfig,
     Truncator,
@@ -49,6 +65,8 @@ FORMATS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")
 ROWS_PER_PROCESS = 10_000  # data.num_proc=null: a tokenising process for each this many rows
 SAMPLERS = ("random", "balanced")
+MAX_PROCESSES = 256  # data.num_workers, data.num_proc
+MAX_BUCKETS = 1024  # data.length_buckets: widths per doubling of length
 
 
 @dataclass
@@ -162,27 +180,74 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_range("data.validation_fraction", self.validation_fraction, 0.01, 0.9)
+        check_range("data.split_seed", self.split_seed, 0, MAX_SEED)
         if self.cv_folds:
-            check_range("data.cv_folds", self.cv_folds, 2)
+            check_range("data.cv_folds", self.cv_folds, 2, MAX_COUNT)
             check_range("data.cv_fold", self.cv_fold, 0, self.cv_folds - 1)
+        elif self.cv_fold:
+            raise UserError(
+                f"data.cv_fold={self.cv_fold} needs data.cv_folds (cross-validation is off); set --data.cv_folds=K"
+            )
         if self.validation_files and not self.train_files:
             raise UserError("data.validation_files needs data.train_files too (local files for both splits)")
-        check_range("data.max_length", self.max_length, 1)
+        if self.validation_files and self.cv_folds:
+            raise UserError("data.cv_folds validates on a fold of the training data; give no data.validation_files")
+        for key in ("train_files", "validation_files", "unlabeled_files"):
+            files = getattr(self, key)
+            if files is not None and (not files or not all(str(f).strip() for f in files)):
+                raise UserError(f"data.{key}={files} names no file where one is expected; give paths, or null")
+        for key, give in (
+            ("name", f"{BUILTIN!r} or a Hub dataset name"),
+            ("config_name", "a Hub dataset configuration, or null"),
+            ("revision", "a branch, tag or commit, or null"),
+            ("train_split", "a split name such as train"),
+            ("validation_split", "a split name, auto, or null to carve one from train"),
+            ("label_column", "the column holding the labels"),
+            ("group_column", "a column of groups, or null"),
+            ("cache_dir", "a folder, or null for the default"),
+        ):
+            check_given(f"data.{key}", getattr(self, key), give)
+        check_range("data.max_length", self.max_length, 1, MAX_TOKENS)
         check_choice("data.truncation", self.truncation, TRUNCATIONS)
         check_choice("data.sampler", self.sampler, SAMPLERS)
-        if self.csv_delimiter is not None and len(self.csv_delimiter) != 1:
-            raise UserError(f"data.csv_delimiter={self.csv_delimiter!r} must be one character, e.g. ';'")
-        check_range("data.num_workers", self.num_workers, 0)
+        if self.csv_delimiter is not None and (len(self.csv_delimiter) != 1 or self.csv_delimiter in '"\r\n'):
+            raise UserError(
+                f"data.csv_delimiter={self.csv_delimiter!r} must be one character other than a quote or a line "
+                "break, e.g. ';'"
+            )
+        check_range("data.num_workers", self.num_workers, 0, MAX_PROCESSES)
         if self.num_proc is not None:
-            check_range("data.num_proc", self.num_proc, 1)
-        if not [c for c in self.text_columns if c]:
-            raise UserError(f"data.text_column={self.text_column!r} names no column; e.g. text, or title,content")
-        check_range("data.length_buckets", self.length_buckets, 0)
-        if self.pad_to_multiple_of is not None:
-            check_range("data.pad_to_multiple_of", self.pad_to_multiple_of, 1)
+            check_range("data.num_proc", self.num_proc, 1, MAX_PROCESSES)
+        self._check_columns()
+        check_range("data.length_buckets", self.length_buckets, 0, MAX_BUCKETS)
+        if self.pad_to_multiple_of is not None:  # a multiple beyond the longest text pads every batch past it
+            check_range("data.pad_to_multiple_of", self.pad_to_multiple_of, 1, self.max_length)
         for key in ("max_train_examples", "max_eval_examples"):
             if getattr(self, key) is not None:
-                check_range(f"data.{key}", getattr(self, key), 1)
+                check_range(f"data.{key}", getattr(self, key), 1, MAX_COUNT)
+
+    def _check_columns(self) -> None:
+        """Text, label and group columns: named, and each a different column (the label column read as
+        the groups, or as text, would train on nonsense)."""
+        texts = self.text_columns
+        if not [c for c in texts if c]:
+            raise UserError(f"data.text_column={self.text_column!r} names no column; e.g. text, or title,content")
+        if not all(texts) or len(set(texts)) < len(texts):
+            raise UserError(
+                f"data.text_column={self.text_column!r} has an empty or repeated name; give each column once, "
+                "e.g. title,content"
+            )
+        if self.label_column in texts:
+            raise UserError(
+                f"data.label_column={self.label_column!r} is also a text column (data.text_column="
+                f"{self.text_column!r}); the labels must be a column of their own"
+            )
+        if self.group_column is not None and self.group_column in (self.label_column, *texts):
+            which = "the label column" if self.group_column == self.label_column else "a text column"
+            raise UserError(
+                f"data.group_column={self.group_column!r} is {which}; give the column that says which rows belong "
+                "together (IMDB: movie_id), or null"
+            )
 
     def tokens_identity(self) -> list:
         """What decides a split's token ids besides the texts and the tokenizer (a cache key part);
@@ -314,9 +379,10 @@ def data_files(config: DataConfig) -> tuple[list[str], list[str]]:
 
 
 def _file_identity(paths: list[str], option: str = "--data.train_files / --data.validation_files") -> list:
-    """[path, size, mtime] of each file; a missing, unreadable or non-file path is an error naming ``option``."""
+    """[path, size, sha256] of each file; a missing, unreadable or non-file path is an error naming ``option``."""
     identity = []
     for path in paths:
+        check_kind(path, "file", f"a csv, tsv, json, jsonl or parquet file in {option}", "data file")
         if not os.path.isfile(path):
             raise UserError(f"data file {path} does not exist; check {option}")
         try:
@@ -324,9 +390,28 @@ def _file_identity(paths: list[str], option: str = "--data.train_files / --data.
                 pass
         except OSError as exc:
             raise UserError(f"cannot read data file {path} ({exc.strerror}); check its permissions") from exc
-        stat = os.stat(path)
-        identity.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+        identity.append([os.path.abspath(path), os.path.getsize(path), file_sha256(path)])
     return identity
+
+
+_CONTENT_DIGESTS: dict[tuple, str] = {}
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes (computed once per process for a file left unchanged): what
+    the caches are keyed on. Size and modification time are not enough: a file edited in place
+    can keep both (``touch -r``, ``rsync``, a copy that preserves times)."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _CONTENT_DIGESTS:
+        with open(path, "rb") as f:
+            _CONTENT_DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _CONTENT_DIGESTS[key]
+
+
+# Part of every cache key: raised whenever cleaning or splitting changes what the same files give
+# (2: stratified carves), so that no cache made by earlier code passes for this code's.
+PREPARATION_VERSION = 2
 
 
 def source_identity(config: DataConfig) -> dict:
@@ -343,7 +428,7 @@ def source_identity(config: DataConfig) -> dict:
         "cv_folds",
         "cv_fold",
     )
-    prep = {k: getattr(config, k) for k in (*keys, "max_eval_examples")}
+    prep = {k: getattr(config, k) for k in (*keys, "max_eval_examples")} | {"version": PREPARATION_VERSION}
     if config.source == "files":
         train, validation = data_files(config)
         files = {"train": _file_identity(train), "validation": _file_identity(validation)}
@@ -359,25 +444,32 @@ def _load_files(paths: list[str], delimiter: str | None = None) -> datasets.Data
     if len(formats) > 1:
         raise UserError(f"files {paths} mix formats; give files of one format per split")
     builder = formats.pop()
+    for path in paths:
+        check_codec(path)
     kwargs = {"keep_default_na": False} if builder == "csv" else {}
     if builder == "csv" and (delimiter or all(_file_format(p) == "tsv" for p in paths)):
         kwargs["sep"] = delimiter or "\t"
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its log lines would precede ours
     try:
-        return datasets.load_dataset(builder, data_files=paths, split="train", **kwargs)
+        # Named by the files' contents: datasets' own cache is keyed by path and modification time,
+        # and would hand back the rows of a file edited in place as they were.
+        content = "content-" + _digest([file_sha256(p) for p in paths])
+        return datasets.load_dataset(builder, name=content, data_files=paths, split="train", **kwargs)
     except UnicodeDecodeError as exc:
         raise UserError(
             f"{', '.join(paths)} is not valid UTF-8 text ({exc.reason}); convert it, e.g. with iconv"
         ) from exc
-    except ValueError as exc:
+    except (ValueError, pa.ArrowException, datasets.exceptions.DatasetGenerationError) as exc:
+        # Where datasets reads a file's first rows to learn its columns, its errors come unwrapped.
         if "corresponds to no data" in str(exc):
             raise UserError(f"{', '.join(paths)} holds no rows; check the file") from exc
-        raise
-    except datasets.exceptions.DatasetGenerationError as exc:
         cause = exc.__cause__ or exc
         if isinstance(cause, UnicodeDecodeError):
             raise UserError(f"{', '.join(paths)} is not valid UTF-8 text; convert it, e.g. with iconv") from exc
+        full = next((e for e in _causes(exc) if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)), None)
+        if full is not None:  # datasets' own copy of the rows, in its cache
+            raise OSError(full.errno, os.strerror(full.errno), datasets.config.HF_DATASETS_CACHE) from exc
         if builder == "json":
             for path in paths:
                 problem = _json_problem(path)
@@ -393,13 +485,42 @@ def _load_files(paths: list[str], delimiter: str | None = None) -> datasets.Data
         datasets.logging.set_verbosity(verbosity)
 
 
-def _read_text(path: str, first_line: bool = False) -> str | None:
-    """A data file's text (or its first line), decompressed; None where the standard library
-    cannot read it (.zst, .zip) or it is not UTF-8: the caller's own message then stands."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+# What reads each compression: (the module, the package that brings it).
+CODECS = {
+    ".zst": ("zstandard", "the zstandard package (pip install zstandard)"),
+    ".bz2": ("bz2", "a Python built with bzip2 support"),
+    ".xz": ("lzma", "a Python built with lzma support"),
+}
+
+
+def check_codec(path: str) -> None:
+    """A compressed data file whose codec is not installed is refused in one line naming what to install."""
     suffix = Path(path).suffix.lower()
-    if suffix in (".zst", ".zip"):
+    if suffix in CODECS and importlib.util.find_spec(CODECS[suffix][0]) is None:
+        package = CODECS[suffix][1]
+        raise UserError(
+            f"{path} is {suffix[1:]}-compressed, and reading it needs {package}; install it, or give the file "
+            "decompressed"
+        )
+
+
+def _read_text(path: str, first_line: bool = False) -> str | None:
+    """A data file's text (or its first line), decompressed; None where it cannot be read so
+    (.zip, a missing codec) or it is not UTF-8: the caller's own message then stands."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".zip" or (suffix in CODECS and importlib.util.find_spec(CODECS[suffix][0]) is None):
         return None
     module = {".gz": gzip, ".bz2": bz2, ".xz": lzma}.get(suffix)
+    if suffix == ".zst":
+        import zstandard as module
     try:
         with module.open(path, "rt", encoding="utf-8-sig") if module else open(path, encoding="utf-8-sig") as f:
             return f.readline() if first_line else f.read()
@@ -407,39 +528,72 @@ def _read_text(path: str, first_line: bool = False) -> str | None:
         return None
 
 
+JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false"}
+
+
+def _object_once(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are each given once (a reader would keep one value and lose the other)."""
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        keys = [key for key, _ in pairs]
+        raise ValueError(f"key {next(k for k in keys if keys.count(k) > 1)!r} is given twice")
+    return record
+
+
 def _json_problem(path: str) -> str | None:
-    """``path:line: problem`` for the first malformed record of a JSON or JSON Lines file, or None."""
+    """``path:line: not a JSON object (why)`` for the first malformed record of a JSON Lines file
+    (``path:line:column: why`` in a .json file holding one array), or None. Blank lines are skipped,
+    as JSON Lines readers do; a line ``null`` is a row with neither text nor label (dropped)."""
     text = _read_text(path)
     if text is None:
         return None
-    if text.lstrip().startswith("["):  # one JSON document
+    if _extension(path) == "json" and text.lstrip().startswith("["):  # one JSON document
         try:
-            json.loads(text)
+            json.loads(text, object_pairs_hook=_object_once)
         except json.JSONDecodeError as exc:
             return f"{path}:{exc.lineno}:{exc.colno}: {exc.msg}"
+        except ValueError as exc:
+            return f"{path}: {exc}"
         return None
-    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may stand inside a string
+    lines = text.split("\n")  # not splitlines: U+2028 may stand inside a string
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_object_once)
         except json.JSONDecodeError as exc:
-            return f"{path}:{number}: not a JSON object ({exc.msg})"
-        if not isinstance(record, dict):
-            return f"{path}:{number}: a JSON {type(record).__name__}, not an object"
+            cut = "; the file ends in the middle of it, cut off" if number == len(lines) else ""
+            return f"{path}:{number}: not a JSON object ({exc.msg}{cut})"
+        except ValueError as exc:  # a key given twice
+            return f"{path}:{number}: not a JSON object ({exc})"
+        if record is not None and not isinstance(record, dict):
+            return f"{path}:{number}: not a JSON object ({JSON_KINDS.get(type(record), 'another value')})"
     return None
 
 
+def _unreachable_hub(config: DataConfig, exc: Exception) -> None:
+    """The one line for a Hub that did not connect or answer (``trainer.network``), if it did not."""
+    if why := hub_unreachable_reason():
+        raise UserError(
+            f"could not load {config.name!r}: the Hugging Face Hub could not be reached ({why}); check the network "
+            "(or HF_ENDPOINT), set HF_HUB_OFFLINE=1 to use a cached copy, or train on local files with "
+            "--data.train_files"
+        ) from exc
+
+
 def _load_hub(config: DataConfig) -> datasets.DatasetDict:
+    bound_hub_requests()
     try:
         return datasets.load_dataset(config.name, config.config_name, revision=config.revision)
     except (ConnectionError, OSError) as exc:
+        _unreachable_hub(config, exc)
         raise UserError(
             f"could not load {config.name!r} from the Hugging Face Hub ({str(exc).splitlines()[0][:160]}); "
             "check the name and the network, or train on local files with --data.train_files"
         ) from exc
     except Exception as exc:  # the hub client raises many types for a missing or unreachable dataset
         if type(exc).__module__.startswith(("datasets", "huggingface_hub", "requests", "httpx")):
+            _unreachable_hub(config, exc)
             raise UserError(
                 f"could not load {config.name!r} from the Hugging Face Hub ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:160]}); check the name and the network, or use --data.train_files"
@@ -483,7 +637,14 @@ def load_labelled(
 
     Returns (dataset with ``text`` and raw ``label`` columns, rows dropped for an empty text or label).
     """
-    config = DataConfig(name=source, config_name=config_name, text_column=text_column, label_column=label_column)
+    try:
+        config = DataConfig(name=source, config_name=config_name, text_column=text_column, label_column=label_column)
+    except UserError as exc:  # named by the command's own options
+        message = str(exc)
+        for key in ("data.text_column", "data.label_column", "data.config_name", "data.name"):
+            option = {"data.name": "--data"}.get(key, "--" + key.removeprefix("data.").replace("_", "-"))
+            message = message.replace(key, option)
+        raise UserError(message) from exc
     if os.path.exists(source) or _extension(source) in FORMATS:  # a path, maybe a missing one
         _file_identity([source], "--data")  # a clear error for a missing file or a folder
         ds, where = _load_files([source]), source
@@ -513,11 +674,13 @@ def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> dat
                     raise UserError(_separator_problem(where, separator, "--data.csv_delimiter" if training else None))
                 fix = f"set {option}" + (", or null to carve at random" if key == "group_column" else "")
                 raise UserError(f"{where} has no column {column!r}; columns found: {found} ({fix})")
+    option = "--data.text_column" if training else "--text-column"
     for column in text_columns:
         text_feature = ds.features[column]
-        if not (isinstance(text_feature, datasets.Value) and text_feature.dtype in ("string", "large_string")):
+        if isinstance(text_feature, datasets.Json):  # JSON Lines whose values differ in type from row to row
+            ds = _texts_only(ds, column, where, option)
+        elif not (isinstance(text_feature, datasets.Value) and text_feature.dtype in ("string", "large_string")):
             kind = text_feature.dtype if isinstance(text_feature, datasets.Value) else type(text_feature).__name__
-            option = "--data.text_column" if training else "--text-column"
             raise UserError(
                 f"{where}: the text column {column!r} holds {kind} values, not text; set {option} "
                 "to the column with the texts"
@@ -546,6 +709,27 @@ def _select_columns(ds: datasets.Dataset, config: DataConfig, split: str) -> dat
     if config.label_column != "label":
         ds = ds.rename_column(config.label_column, "label")
     return ds
+
+
+def _texts_only(ds: datasets.Dataset, column: str, where: str, option: str) -> datasets.Dataset:
+    """A text column of mixed types (a JSON Lines file with a number or a list among its texts) as
+    text: a value that is not text becomes a missing one, and its row is dropped and counted with
+    the empty ones, as in every format; a column that is mostly not text is refused."""
+    values = ds[column]
+    present = [v for v in values if _present(v)]
+    other = [v for v in present if not isinstance(v, str)]
+    if len(other) * 2 > len(present):
+        plurals = {list: "arrays", dict: "objects", bool: "true/false values", int: "numbers", float: "numbers"}
+        kinds = sorted({plurals.get(type(v), "other values") for v in other})
+        raise UserError(
+            f"{where}: the text column {column!r} holds {' and '.join(kinds)} in {len(other):,} of its "
+            f"{len(present):,} values, not text; set {option} to the column with the texts"
+        )
+    features = ds.features.copy()
+    features[column] = datasets.Value("string")
+    return ds.map(
+        lambda b: {column: [v if isinstance(v, str) else None for v in b[column]]}, batched=True, features=features
+    )
 
 
 def join_text_columns(ds: datasets.Dataset, columns: list[str], separator: str, kept: list[str]) -> datasets.Dataset:
@@ -577,6 +761,9 @@ def _separator_problem(where: str, separator: str, option: str | None) -> str:
 
 
 def _present(value: object) -> bool:
+    """Not missing: not None, a NaN (how parquet and pandas write a missing number) or blank text."""
+    if isinstance(value, float) and math.isnan(value):
+        return False
     return value is not None and not (isinstance(value, str) and value.strip() == "")
 
 
@@ -653,6 +840,11 @@ def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) ->
             f"the training split has a single class ({label_map.names[0]!r}); a classifier needs at least two"
         )
     splits = {split: encode_labels(ds, label_map, split) for split, ds in splits.items()}
+    if config.group_column and not any(_present(v) for v in splits["train"]["group"]):
+        raise UserError(
+            f"--data.group_column={config.group_column} is empty on every training row, so it keeps no rows "
+            "together; fill the column, or leave group_column unset"
+        )
 
     if config.cv_folds:
         if "validation" in splits:
@@ -671,15 +863,11 @@ def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) ->
             raise UserError(
                 f"the training split has only {len(splits['train'])} rows, too few to carve a validation split"
             )
-        if config.group_column:
-            held_out = set(carved_group_rows(splits["train"], config))
-            train_rows = [i for i in range(len(splits["train"])) if i not in held_out]
-            carved = {"train": splits["train"].select(train_rows), "test": splits["train"].select(sorted(held_out))}
-        else:
-            carved = splits["train"].train_test_split(
-                test_size=config.validation_fraction, seed=config.split_seed, shuffle=True
-            )
-        splits = {"train": carved["train"], "validation": carved["test"]}
+        held_out = set(
+            carved_group_rows(splits["train"], config) if config.group_column else carved_rows(splits["train"], config)
+        )
+        train_rows = [i for i in range(len(splits["train"])) if i not in held_out]
+        splits = {"train": splits["train"].select(train_rows), "validation": splits["train"].select(sorted(held_out))}
         stats["validation_carved"] = True
     if config.group_column:
         groups = {split: set(ds["group"]) for split, ds in splits.items() if "group" in ds.column_names}
@@ -691,6 +879,8 @@ def clean_splits(raw: dict[str, datasets.Dataset | None], config: DataConfig) ->
         if cap is not None and cap < len(splits[split]):
             splits[split] = splits[split].shuffle(seed=config.split_seed).select(range(cap))
     stats.update({f"{split}_examples": len(ds) for split, ds in splits.items()})
+    validated = set(splits["validation"].unique("label"))
+    stats["validation_classes_missing"] = [name for i, name in enumerate(label_map.names) if i not in validated]
     return splits, label_map, stats
 
 
@@ -735,23 +925,63 @@ def fold_rows(ds: datasets.Dataset, config: DataConfig) -> list[int]:
     return chosen
 
 
+def carved_rows(ds: datasets.Dataset, config: DataConfig) -> list[int]:
+    """The rows of a validation split carved from train, stratified: ``validation_fraction`` of each
+    class's rows in a seeded order, and at least one of every class that has two or more (a 96/4
+    file must not be validated on one class alone)."""
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(ds["label"]):
+        by_class.setdefault(label, []).append(i)
+    generator = torch.Generator().manual_seed(config.split_seed)
+    chosen = []
+    for label in sorted(by_class):
+        rows = by_class[label]
+        take = max(1, round(config.validation_fraction * len(rows))) if len(rows) > 1 else 0
+        order = torch.randperm(len(rows), generator=generator)[:take].tolist()
+        chosen.extend(rows[k] for k in order)
+    return sorted(chosen)
+
+
 def carved_group_rows(ds: datasets.Dataset, config: DataConfig) -> list[int]:
-    """The rows of a validation split of whole groups: groups in a seeded order until their rows
-    reach ``validation_fraction`` of all (the last group taken only if that comes closer)."""
-    target = config.validation_fraction * len(ds)
-    chosen: list[int] = []
-    for rows in _shuffled_groups(ds, config.split_seed):
-        if chosen and abs(len(chosen) + len(rows) - target) > abs(len(chosen) - target):
-            break
-        chosen.extend(rows)
-        if len(chosen) >= target:
-            break
-    if len(chosen) == len(ds):
+    """The rows of a validation split of whole groups, stratified as groups allow: first, for each
+    class found in two groups or more, the first group (in a seeded order) that holds it, unless a
+    group taken already does; then every other group that brings the split's count of every class
+    closer to ``validation_fraction`` of that class's rows (the sum of the distances shrinks)."""
+    labels = ds["label"]
+    classes = sorted(set(labels))
+    target = {c: config.validation_fraction * n for c, n in zip(classes, _counts(labels, classes), strict=True)}
+    have = dict.fromkeys(classes, 0)
+    groups = _shuffled_groups(ds, config.split_seed)
+    if len(groups) < 2:
         raise UserError(
             f"--data.group_column={config.group_column}: one group holds every row, so no validation split can "
             "keep groups apart; choose another column or none"
         )
+    holds = [dict(zip(classes, _counts([labels[i] for i in rows], classes), strict=True)) for rows in groups]
+    taken = [False] * len(groups)
+    for c in sorted(classes, key=lambda c: target[c]):  # the rarest first
+        holders = [g for g in range(len(groups)) if holds[g][c]]
+        if len(holders) > 1 and not have[c]:
+            taken[holders[0]] = True
+            have = {k: have[k] + holds[holders[0]][k] for k in classes}
+    for g, adds in enumerate(holds):
+        if not taken[g] and sum(abs(have[c] + adds[c] - target[c]) - abs(have[c] - target[c]) for c in classes) < 0:
+            taken[g] = True
+            have = {c: have[c] + adds[c] for c in classes}
+    chosen = [i for g, rows in enumerate(groups) if taken[g] for i in rows]
+    if not chosen:
+        raise UserError(
+            f"--data.group_column={config.group_column}: every group is too large for a validation split of "
+            f"{config.validation_fraction:.0%}; raise --data.validation_fraction or choose another column"
+        )
     return chosen
+
+
+def _counts(values: list, classes: list) -> list[int]:
+    counted: dict = {}
+    for value in values:
+        counted[value] = counted.get(value, 0) + 1
+    return [counted.get(c, 0) for c in classes]
 
 
 def cached_overlap(splits: dict, path: Path) -> int:
@@ -763,9 +993,7 @@ def cached_overlap(splits: dict, path: Path) -> int:
         pass
     count = shared_texts(splits["train"], splits["validation"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"validation_rows_in_train": count}) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps({"validation_rows_in_train": count}) + "\n")
     return count
 
 
@@ -817,9 +1045,7 @@ def build_tokenizer(train: datasets.Dataset, config: TokenizerConfig, cache_dir:
         return load_tokenizer(path), "cache"
     tokenizer = train_tokenizer(_text_batches(tokenizer_sample(train, config)), config)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_tokenizer(tokenizer, tmp)
-    os.replace(tmp, path)
+    save_tokenizer(tokenizer, path)  # whole or not at all
     return tokenizer, "trained"
 
 
@@ -870,17 +1096,28 @@ def tokenize_split(
     hit = cached is not None
     num_proc = cached if hit else tokenize_processes(len(ds), num_proc)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
+    # datasets writes each cache file under a temporary name (tmpXXXXXXXX) and renames it once
+    # complete: a failed write (a full disk) is never read back as a cache.
+    before = set(os.listdir(cache_file.parent))
     kwargs = {"cache_file_name": str(cache_file), "load_from_cache_file": True}
-    if num_proc == 1:
-        return tokenize(ds, tokenizer, max_length, truncation, **kwargs), hit
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by the forked processes
+    if num_proc > 1:
+        kwargs["num_proc"] = num_proc
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by the forked processes
     try:
-        return tokenize(ds, tokenizer, max_length, truncation, num_proc=num_proc, **kwargs), hit
+        return tokenize(ds, tokenizer, max_length, truncation, **kwargs), hit
+    except Exception as exc:
+        error = write_error(exc, cache_file)  # while the disk is still full
+        for name in set(os.listdir(cache_file.parent)) - before:  # the temporaries a failed write left
+            if name.startswith("tmp"):
+                Path(cache_file.parent, name).unlink(missing_ok=True)
+        if error is None:
+            raise
+        raise error from exc
     finally:
-        if previous is None:
+        if num_proc > 1 and previous is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
+        elif num_proc > 1:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from trainer.collective import collective_failure, report
 from trainer.data import PaddingCollator, encode_labels, lengths_of, load_labelled, tokenize
-from trainer.errors import UserError, check_new_file, exit_for, stdout_closed
+from trainer.errors import UserError, check_new_file, exit_for
 from trainer.export import load_exported
 from trainer.inference import SentimentModel, add_model_arguments, check_same_labels
 from trainer.labels import LabelMap
@@ -176,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.errors < 0:
             raise UserError(f"--errors={args.errors} must be 0 (off) or more", on_every_rank=True)
         try:
+            inputs = [*args.model, args.data]  # a Hub name that is no local path is skipped
             if args.errors:
-                check_outputs(args.errors_out, args.overwrite)
+                check_outputs(args.errors_out, args.overwrite, inputs)
             if args.plot:
-                check_new_file(args.plot, "--plot", args.overwrite)
+                check_new_file(args.plot, "--plot", args.overwrite, inputs)
         except UserError as exc:  # the same on every process: reported once
             exc.on_every_rank = True
             raise
@@ -188,16 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         return exit_for(collective_failure(exc) or exc, args.debug, report)
     if PartialState().is_main_process:
         try:
-            print(json.dumps(result) if args.json else show(result), flush=True)
-        except BrokenPipeError:  # the reader left (| head): the plot is still drawn
-            stdout_closed()
-        if args.plot:
-            from trainer.plot import plot_confusion
+            if args.plot:  # first: a reader that leaves (| head) still gets it drawn
+                from trainer.plot import plot_confusion
 
-            shown = [f"{Path(m).parent.name}/{Path(m).name}" for m in args.model]
-            title = f"{_models(shown)} on {Path(args.data).name}"
-            plot_confusion(result["confusion_matrix"], result["labels"], args.plot, title)
-            print(f"wrote {args.plot}", file=sys.stderr)
+                shown = [f"{Path(m).parent.name}/{Path(m).name}" for m in args.model]
+                title = f"{_models(shown)} on {Path(args.data).name}"
+                plot_confusion(result["confusion_matrix"], result["labels"], args.plot, title)
+                print(f"wrote {args.plot}", file=sys.stderr)
+            print(json.dumps(result) if args.json else show(result), flush=True)
+        except Exception as exc:  # a full disk, or standard output's reader left (a quiet 0)
+            return exit_for(exc, args.debug)
     return 0
 
 

@@ -117,3 +117,46 @@ def gpu_info(device: torch.device) -> dict | None:
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
     }
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):  # absent, or cgroup v2's "max"
+        return None
+
+
+def _stat(path: str, key: str) -> int:
+    """One value of a cgroup's memory.stat (0 where absent)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take on the CPU: what the machine has free, within
+    its container's limit (cgroup v2 or v1) where there is one; None where neither can be read."""
+    free = None
+    try:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    except (ImportError, OSError):
+        pass
+    for folder, limit_name, usage_name, cache_name in (
+        ("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+        ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+    ):
+        limit, usage = _read_int(f"{folder}/{limit_name}"), _read_int(f"{folder}/{usage_name}")
+        if limit is not None and usage is not None and limit < 2**60:  # v1 writes "no limit" as a huge number
+            room = max(limit - usage + _stat(f"{folder}/memory.stat", cache_name), 0)  # the page cache gives way
+            free = room if free is None else min(free, room)
+            break
+    return free

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from trainer.errors import UserError
+from trainer.network import bound_hub_requests, hub_unreachable_reason
 
 # user/name: what the Hub accepts as a model repo id (letters, digits, '-', '_', '.'; no '--' or '..').
 REPO_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -25,6 +26,16 @@ def _offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
+
+
+def _unreachable_reason(exc: BaseException | None = None) -> str:
+    """Which host did not answer, and how (``trainer.network``); else the endpoint and ``exc``."""
+    from huggingface_hub import constants
+
+    if why := hub_unreachable_reason():
+        return why
+    detail = str(exc).strip().splitlines()[0][:160] if exc is not None and str(exc).strip() else ""
+    return f"{constants.ENDPOINT}" + (f": {detail}" if detail else "")
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -49,6 +60,7 @@ def resolve_model_dir(reference: str | Path, revision: str | None = None) -> Pat
     import huggingface_hub
     from huggingface_hub import errors
 
+    bound_hub_requests()
     repo = f"{reference}" + (f" (revision {revision})" if revision else "")
     try:
         path = huggingface_hub.snapshot_download(str(reference), revision=revision, allow_patterns=MODEL_FILES)
@@ -70,8 +82,8 @@ def resolve_model_dir(reference: str | Path, revision: str | None = None) -> Pat
                 "HF_HUB_OFFLINE is set: download it once with the network on, or give a local folder"
             ) from exc
         raise UserError(
-            f"{repo} is not a local folder, and the Hugging Face Hub could not be reached to download it: check "
-            "the network (or HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to use the cache"
+            f"{repo} is not a local folder, and the Hugging Face Hub could not be reached to download it "
+            f"({_unreachable_reason()}): check the network (or HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to use the cache"
         ) from exc
     except errors.HfHubHTTPError as exc:
         first = str(exc).strip().splitlines()[0][:200]
@@ -94,6 +106,7 @@ def push(model_dir: Path, repo_id: str, private: bool = False, revision: str | N
     token = huggingface_hub.get_token()
     if token is None:
         raise UserError("no Hugging Face token found: set HF_TOKEN, or log in once with `hf auth login`")
+    bound_hub_requests()
     api = huggingface_hub.HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -113,7 +126,7 @@ def push(model_dir: Path, repo_id: str, private: bool = False, revision: str | N
         if not _unreachable(exc):
             raise
         raise UserError(
-            f"pushing to {repo_id} failed: the Hugging Face Hub could not be reached ({exc}); check the network "
-            "(or HF_ENDPOINT)"
+            f"pushing to {repo_id} failed: the Hugging Face Hub could not be reached ({_unreachable_reason(exc)}); "
+            f"check the network (or HF_ENDPOINT) and push again ({model_dir} is left as it is)"
         ) from exc
     return str(getattr(info, "commit_url", None) or f"{api.endpoint}/{repo_id}")

@@ -22,10 +22,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from trainer.errors import UserError, check_range
+from trainer.errors import MAX_COUNT, UserError, check_kind, check_range
+from trainer.export import check_meta, sha256_file
 from trainer.model import ModelConfig, RecurrentEncoder
+from trainer.tokenizer import load_tokenizer
 
 ENCODER_PREFIXES = ("embedding.", "layers.")
+MAX_SAMPLES = 1 << 16  # pretrain.samples: a (tokens, samples) score matrix each step
 
 
 @dataclass
@@ -46,11 +49,11 @@ class PretrainConfig:
     )
 
     def __post_init__(self) -> None:
-        check_range("pretrain.epochs", self.epochs, 1)
+        check_range("pretrain.epochs", self.epochs, 1, MAX_COUNT)
         if self.max_steps is not None:
-            check_range("pretrain.max_steps", self.max_steps, 1)
+            check_range("pretrain.max_steps", self.max_steps, 1, MAX_COUNT)
         check_range("pretrain.lr", self.lr, 0.0)
-        check_range("pretrain.samples", self.samples, 1)
+        check_range("pretrain.samples", self.samples, 1, MAX_SAMPLES)
 
 
 class SampledSoftmax(nn.Module):
@@ -92,6 +95,17 @@ class SampledSoftmax(nn.Module):
         return -torch.cat([true.unsqueeze(1), sampled], 1).log_softmax(1)[:, 0]
 
 
+def check_pretrainable(config: ModelConfig) -> None:
+    """A stacked bidirectional encoder cannot be pre-trained (see above): refused at start-up."""
+    if config.bidirectional and config.num_layers > 1:
+        raise UserError(
+            f"language-model pre-training needs model.num_layers=1 with a bidirectional encoder (it has "
+            f"{config.num_layers}: a second layer reads both directions, so each would see the token it "
+            "predicts); or set model.bidirectional=false",
+            on_every_rank=True,
+        )
+
+
 class LanguageModel(RecurrentEncoder):
     """The encoder with an output layer shared by both directions (as ELMo's); ``forward`` gives
     per-sequence sums of the token losses and the number of predicted tokens."""
@@ -99,14 +113,8 @@ class LanguageModel(RecurrentEncoder):
     def __init__(
         self, config: ModelConfig, vocab_size: int, pad_id: int, pretrain: PretrainConfig, counts: torch.Tensor
     ) -> None:
+        check_pretrainable(config)
         super().__init__(config, vocab_size, pad_id)
-        if config.bidirectional and config.num_layers > 1:
-            raise UserError(
-                f"language-model pre-training needs model.num_layers=1 with a bidirectional encoder (it has "
-                f"{config.num_layers}: a second layer reads both directions, so each would see the token it "
-                "predicts); or set model.bidirectional=false",
-                on_every_rank=True,
-            )
         self.directions = 2 if config.bidirectional else 1
         self.output = SampledSoftmax(config.hidden_dim, self.embedding, counts, pretrain)
 
@@ -176,6 +184,7 @@ def read_pretrained(folder: str) -> tuple[dict, Path]:
     model's export, or a classifier's (its encoder is just as usable)."""
     path = Path(folder)
     exports = [name for name in ("best", "final") if (path / name / "config.json").is_file()]
+    check_kind(path, "folder", "the best/ or final/ folder of a python -m trainer.pretrain run", "--model.init_from")
     if not (path / "config.json").is_file():
         if exports:
             choices = " or ".join(str(path / name) for name in exports)
@@ -186,12 +195,22 @@ def read_pretrained(folder: str) -> tuple[dict, Path]:
         )
     try:
         meta = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        missing = [key for key in ("model", "vocab_size") if key not in meta]
-        if missing:
-            raise KeyError(", ".join(missing))
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:
         raise UserError(f"{path / 'config.json'} is not a valid model config ({type(exc).__name__}: {exc})") from exc
-    return meta, path / "tokenizer.json"
+    check_meta(meta, path / "config.json", classifier=False)
+    tokenizer = path / "tokenizer.json"
+    if tokenizer.is_file() and (size := load_tokenizer(tokenizer).get_vocab_size()) != meta["vocab_size"]:
+        raise UserError(
+            f"{tokenizer} has {size} tokens, and {path / 'config.json'} {meta['vocab_size']}: it is not the tokenizer "
+            "the model was trained with; restore the folder, or pre-train again"
+        )
+    weights, expected = path / "model.safetensors", meta.get("weights_sha256")
+    if expected and weights.is_file() and sha256_file(weights) != expected:
+        raise UserError(
+            f"{weights} does not match the checksum in {path / 'config.json'}: the file was damaged or changed after "
+            "export; restore it, or pre-train again"
+        )
+    return meta, tokenizer
 
 
 def architecture_problem(meta: dict, config: ModelConfig, folder: str) -> str | None:
@@ -232,6 +251,14 @@ def initialise_encoder(model: RecurrentEncoder, folder: str) -> int:
     the number of values copied."""
     weights = load_file(str(Path(folder) / "model.safetensors"))
     encoder = {k: v for k, v in weights.items() if k.startswith(ENCODER_PREFIXES)}
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    wrong = [k for k, v in encoder.items() if k in shapes and v.shape != shapes[k]]
+    if wrong:  # its config.json or tokenizer.json changed after export
+        found, needed = ("x".join(map(str, t)) for t in (encoder[wrong[0]].shape, shapes[wrong[0]]))
+        raise UserError(
+            f"{folder}/model.safetensors does not match its config.json and tokenizer.json ({wrong[0]} is {found}, "
+            f"they make it {needed}); restore the folder, or pre-train again"
+        )
     missing, _ = model.load_state_dict(encoder, strict=False)
     left = [k for k in missing if k.startswith(ENCODER_PREFIXES)]
     if left or not encoder:

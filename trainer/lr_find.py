@@ -135,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps < 10:
             raise UserError(f"--steps={args.steps} is too few for a range test; give at least 10")
         out = Path(args.out)
-        check_new_file(out, "--out", args.overwrite)
         config = load_config(args.config, overrides)
+        data = config.data
+        inputs = [*(data.train_files or []), *(data.validation_files or []), config.tokenizer.path]
+        check_new_file(out, "--out", args.overwrite, inputs)
         result = lr_range_test(config, args.start, args.end, args.steps)
         plot(result, out, f"LR range test: {Path(args.config).stem}, {result['steps']} steps")
     except Exception as exc:
@@ -153,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     if args.json:
-        print(json.dumps(result))
+        try:
+            print(json.dumps(result), flush=True)
+        except Exception as exc:  # a full disk, or standard output's reader left (a quiet 0)
+            return exit_for(exc, args.debug)
     return 0
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
+
+from trainer.errors import write_error
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -124,6 +126,22 @@ class Throughput:
         return rates
 
 
+def append_line(path: Path, line: str) -> None:
+    """``line`` added to ``path``, or (a full disk) nothing: a record cut half-way is taken back, so
+    the file stays whole lines; the error names the file."""
+    data = (line + "\n").encode("utf-8")
+    with path.open("ab", buffering=0) as f:  # unbuffered: nothing is left to fail when it closes
+        start = f.tell()
+        try:
+            written = 0
+            while written < len(data):
+                written += f.write(data[written:])
+        except OSError as exc:
+            with suppress(OSError):
+                f.truncate(start)
+            raise write_error(exc, path) or exc from exc
+
+
 class MetricsLog:
     """Appends one JSON object per record to ``metrics.jsonl`` and forwards it to the trackers.
 
@@ -138,6 +156,5 @@ class MetricsLog:
     def write(self, record: dict, step: int) -> None:
         record = {"step": step, **record, "elapsed_s": round(time.perf_counter() - self.started, 3)}
         if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.path, json.dumps(record))
         self.log_to_trackers({k: v for k, v in record.items() if k != "step"}, step=step)

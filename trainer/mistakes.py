@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.errors import check_new_file
+from trainer.errors import check_new_file, write_text
 
 
 def output_paths(prefix: str) -> tuple[Path, Path]:
@@ -21,10 +21,10 @@ def output_paths(prefix: str) -> tuple[Path, Path]:
     return base.with_name(base.name + ".jsonl"), base.with_name(base.name + ".html")
 
 
-def check_outputs(prefix: str, overwrite: bool) -> None:
-    """Before any work: the two files must be new (or ``overwrite``) and their folder writable."""
+def check_outputs(prefix: str, overwrite: bool, inputs: list[str]) -> None:
+    """Before any work: the two files must be new (or ``overwrite``), not ``inputs``, and their folder writable."""
     for path in output_paths(prefix):
-        check_new_file(path, "--errors-out", overwrite)
+        check_new_file(path, "--errors-out", overwrite, inputs)
 
 
 def losses_from(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -59,8 +59,8 @@ def write_mistakes(records: list[dict], prefix: str, model, title: str) -> tuple
 
     jsonl, page = output_paths(prefix)
     jsonl.parent.mkdir(parents=True, exist_ok=True)  # check_outputs allowed a missing folder
-    jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    write_text(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     explanations = model.explain_batch([r["text"] for r in records]) if records else []
     captions = [f"(true label: {r['label']}; loss {r['loss']:.3f})" for r in records]
-    page.write_text(html_page(explanations, title, captions), encoding="utf-8")
+    write_text(page, html_page(explanations, title, captions))
     return jsonl, page

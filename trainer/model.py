@@ -18,9 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.errors import UserError, check_choice, check_range
+from trainer.errors import UserError, check_choice, check_given, check_range
+from trainer.hardware import available_memory
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight matrices per recurrent cell
+MAX_WIDTH = 65_536  # embedding_dim, hidden_dim: one such LSTM layer alone would hold 34 billion weights
+MAX_LAYERS = 64
 
 
 @dataclass
@@ -65,16 +69,43 @@ class ModelConfig:
         check_choice("model.cell", self.cell, CELLS)
         if self.init_from and self.pretrained_embeddings:
             raise UserError("model.init_from and model.pretrained_embeddings both set the embedding; give one of them")
-        for key in ("embedding_dim", "hidden_dim", "num_layers"):
-            check_range(f"model.{key}", getattr(self, key), 1)
+        for key in ("embedding_dim", "hidden_dim"):
+            check_range(f"model.{key}", getattr(self, key), 1, MAX_WIDTH)
+        check_range("model.num_layers", self.num_layers, 1, MAX_LAYERS)
+        check_given("model.pretrained_embeddings", self.pretrained_embeddings, "a word-vector file, or null")
+        check_given("model.init_from", self.init_from, "an exported language model folder, or null")
         check_range("model.dropout", self.dropout, 0.0, 0.99)
         check_range("model.embedding_dropout", self.embedding_dropout, 0.0, 0.99)
         check_range("model.weight_drop", self.weight_drop, 0.0, 0.99)
+
+    def parameter_count(self, vocab_size: int) -> int:
+        """The weights of an encoder of this config over ``vocab_size`` tokens, with an attention
+        layer over its output (what a classifier adds, about what a language model's head adds)."""
+        directions = 2 if self.bidirectional else 1
+        out_dim = self.hidden_dim * directions
+        count = vocab_size * self.embedding_dim + out_dim * (out_dim + 2)
+        for layer in range(self.num_layers):
+            input_dim = self.embedding_dim if layer == 0 else out_dim
+            count += directions * GATES[self.cell] * self.hidden_dim * (input_dim + self.hidden_dim + 2)
+        return count
 
     def architecture(self) -> dict:
         """The settings that decide the parameters' shapes (not the regularisation)."""
         keys = ("cell", "embedding_dim", "hidden_dim", "num_layers", "bidirectional")
         return {key: getattr(self, key) for key in keys}
+
+
+def check_fits_in_memory(config: ModelConfig, vocab_size: int) -> None:
+    """Refuse, before allocating, a model whose float32 weights alone exceed the memory there is."""
+    count = config.parameter_count(vocab_size)
+    free = available_memory()
+    if free is not None and count * 4 > free:
+        sizes = ", ".join(f"model.{k}={getattr(config, k)}" for k in ("embedding_dim", "hidden_dim", "num_layers"))
+        raise UserError(
+            f"{sizes} with a vocabulary of {vocab_size:,} tokens make a model of {count:,} weights, "
+            f"{count * 4 / 2**30:,.1f} GiB in float32, more than the {free / 2**30:,.1f} GiB of memory available; "
+            "choose smaller sizes"
+        )
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -116,6 +147,8 @@ class RecurrentEncoder(nn.Module):
 
     def __init__(self, config: ModelConfig, vocab_size: int, pad_id: int = 0) -> None:
         super().__init__()
+        if torch.get_default_device().type != "meta":  # on "meta" nothing is allocated: a model's shapes only
+            check_fits_in_memory(config, vocab_size)
         self.config = config
         self.pad_id = pad_id
         rnn_cls = CELLS[config.cell]

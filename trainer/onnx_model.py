@@ -154,6 +154,8 @@ class OnnxClassifier:
         except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
             first = str(exc).strip().splitlines()[0][:200]
             raise UserError(f"{path} is not a valid ONNX model ({first}); export it again") from exc
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 4  # a failed run raises its error: no log line on stderr as well
 
     def to(self, device: str | torch.device) -> OnnxClassifier:
         if torch.device(device).type != "cpu":
@@ -170,5 +172,6 @@ class OnnxClassifier:
         self, input_ids: torch.Tensor, lengths: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         feed = {"input_ids": input_ids.cpu().long().numpy(), "lengths": lengths.cpu().long().numpy()}
-        logits, attention = (torch.from_numpy(out) for out in self.session.run(list(OUTPUTS), feed))
+        outputs = self.session.run(list(OUTPUTS), feed, self.run_options)
+        logits, attention = (torch.from_numpy(out) for out in outputs)
         return (logits, attention) if return_attention else logits

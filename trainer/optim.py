@@ -8,7 +8,7 @@ import torch
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from trainer.errors import UserError, check_choice, check_range
+from trainer.errors import MAX_COUNT, UserError, check_choice, check_range
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -39,7 +39,7 @@ class OptimConfig:
         check_range("optim.lr", self.lr, 0.0)
         check_range("optim.weight_decay", self.weight_decay, 0.0)
         check_choice("optim.schedule", self.schedule, SCHEDULES)
-        check_range("optim.warmup_steps", self.warmup_steps, 0)
+        check_range("optim.warmup_steps", self.warmup_steps, 0, MAX_COUNT)
         check_range("optim.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         check_range("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         check_range("optim.max_grad_norm", self.max_grad_norm, 0.0)
@@ -47,6 +47,14 @@ class OptimConfig:
         check_range("optim.recurrent_lr_scale", self.recurrent_lr_scale, 0.0)
         if len(self.betas) != 2:
             raise UserError(f"optim.betas={self.betas} must hold two numbers, e.g. [0.9,0.999]")
+        for i, beta in enumerate(self.betas):  # AdamW's moving averages: 1 or more never forgets, or grows
+            check_range(f"optim.betas[{i}]", beta, 0.0, 1.0, open_high=True)
+        check_range("optim.eps", self.eps, 0.0, 1.0, open_low=True)  # 0 divides by zero where a gradient is
+        if self.lr * self.weight_decay >= 1:
+            raise UserError(
+                f"optim.weight_decay={self.weight_decay} x optim.lr={self.lr} is 1 or more: each step would shrink "
+                "every weight to zero or past it; choose a weight_decay below 1/lr"
+            )
 
 
 def build_optimizer(model: torch.nn.Module, config: OptimConfig) -> torch.optim.Optimizer:

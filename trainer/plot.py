@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from trainer.errors import UserError, exit_for
+from trainer.errors import UserError, check_kind, exit_for, flush_stdout, write_file
 
 FIGURES = {
     "loss": ("loss", {"train/loss": "training", "eval/loss": "validation"}),
@@ -59,16 +59,21 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def save(fig, path: Path, series: dict[str, int]) -> None:
-    """Write ``fig`` (its folder made if missing), recording how many points each series has."""
+    """Write ``fig`` (its folder made if missing), recording how many points each series has; whole
+    or not at all (``write_file``)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, metadata={"Description": json.dumps({"series": series})})
+    metadata = {"Description": json.dumps({"series": series})}
+    kind = Path(path).suffix.lstrip(".").lower() or "png"  # the temporary's name says none
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=120, format=kind, metadata=metadata))
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Write the run's curves; returns the files written (figures with no data are skipped)."""
     run_dir = Path(run_dir)
+    check_kind(run_dir, "folder", "a run folder written by the trainer (it holds metrics.jsonl)", "run folder")
     records = read_metrics(run_dir / "metrics.jsonl")
     out = Path(out_dir) if out_dir else run_dir / "plots"
+    check_kind(out, "folder", "a folder for the PNG files", "--out")
     out.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
     written = []
@@ -129,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in plot_run(args.run_dir, args.out):
             print(path)
+        flush_stdout()
     except Exception as exc:
         return exit_for(exc, args.debug)
     return 0

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from trainer.card import kept_tokens
-from trainer.errors import UserError, check_new_file, exit_for, stdout_closed
+from trainer.errors import UserError, check_kind, check_new_file, exit_for, flush_stdout, write_text
 from trainer.explain import ansi, html_page, top_tokens
 from trainer.inference import add_model_arguments, load_model
 
@@ -46,6 +46,7 @@ def read_texts(path: str, text_column: str) -> list[str]:
     if path == "-":
         return _decode(sys.stdin.buffer.read(), "standard input").splitlines()
     file = Path(path)
+    check_kind(file, "file", "a .txt, .csv, .tsv or .jsonl file", "--file")
     if not file.is_file():
         raise UserError(f"{path} does not exist or is not a file; give a .txt, .csv, .tsv or .jsonl file")
     content = _decode(file.read_bytes(), path)
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if explain and len(args.model) > 1:
         raise UserError("--explain and --html show one model's attention; give a single --model")
     if args.html:  # before the predictions are printed, not after; a missing folder is created
-        check_new_file(args.html, "--html", args.overwrite)
+        check_new_file(args.html, "--html", args.overwrite, [*args.model, args.file if args.file != "-" else None])
     texts = list(args.texts)
     if args.file:
         texts += read_texts(args.file, args.text_column)
@@ -126,8 +127,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.html:
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.html).write_text(html_page(results, f"Attention of {args.model[0]}"), encoding="utf-8")
+        write_text(args.html, html_page(results, f"Attention of {args.model[0]}"))
         print(f"wrote {args.html}", file=sys.stderr)
+    flush_stdout()
     return 0
 
 
@@ -150,10 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size < 1:
             raise UserError(f"--batch-size={args.batch_size} must be at least 1")
         return run(args)
-    except BrokenPipeError:  # the reader left (| head)
-        stdout_closed()
-        return 0
-    except Exception as exc:
+    except Exception as exc:  # a reader that left (| head) too: a quiet 0
         return exit_for(exc, args.debug)
 
 

@@ -29,7 +29,7 @@ import torch
 from trainer.config import Config
 from trainer.data import Coordination, PreparedData, prepare_data, prepare_unlabeled
 from trainer.export import export_model
-from trainer.lm import LanguageModel, evaluate_language_model, language_model_loss, token_counts
+from trainer.lm import LanguageModel, check_pretrainable, evaluate_language_model, language_model_loss, token_counts
 from trainer.tokenizer import pad_id
 
 
@@ -41,6 +41,7 @@ class LanguageModelling:
     run_suffix = "-lm"
 
     def configure(self, config: Config) -> Config:
+        check_pretrainable(config.model)
         pretrain = config.pretrain
         config.train.epochs, config.train.max_steps, config.optim.lr = pretrain.epochs, pretrain.max_steps, pretrain.lr
         config.checkpoint.best_metric = "loss"  # the only metric a language model has

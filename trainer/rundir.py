@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from trainer.checkpoint import CHECKPOINTS_DIR, find_resume_checkpoint
 from trainer.collective import from_main, main_decides, say
 from trainer.config import Config, to_yaml
-from trainer.errors import UserError, check_writable_dir
+from trainer.errors import UserError, check_writable_dir, inside, write_text
 from trainer.hardware import cpu_info, gpu_info
 from trainer.model import recurrent_dtype
 from trainer.plot import read_metrics
@@ -43,6 +43,8 @@ def resolve_run_dir(config: Config, preset: str) -> Path:
         problem = run_dir_problem(run_dir, config)
         if problem:
             raise UserError(problem)
+        if run_dir.is_dir():  # held from now on; a missing folder is locked when the run makes it
+            lock_run_folder(run_dir)
 
     main_decides(check)
     return run_dir
@@ -51,23 +53,76 @@ def resolve_run_dir(config: Config, preset: str) -> Path:
 def run_dir_problem(run_dir: Path, config: Config) -> str | None:
     """Why the run may not write into ``run_dir``, or None.
 
-    An empty or missing folder is always fine, and ``--overwrite`` allows any. ``--resume auto``
-    needs a run folder (one holding the run_info.json every run writes first): a folder of other
-    files is never trained into. A named checkpoint (``--resume PATH``) may go into any folder.
+    An empty or missing folder is always fine. A folder of other files (no run_info.json, which
+    every run writes first) is never trained into, whatever the options: ``--overwrite`` replaces a
+    run, never files this trainer did not write. A run folder needs ``--resume`` or ``--overwrite``.
     """
-    if config.train.overwrite or not run_dir.is_dir() or not any(run_dir.iterdir()):
+    if not run_dir.is_dir() or not any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+        return None
+    if not (run_dir / "run_info.json").is_file():
+        return (
+            f"{run_dir} holds files but no run of this trainer (no run_info.json); a run never writes into a "
+            "folder of other files (--overwrite replaces a run, not them): choose another --train.output_dir"
+        )
+    if problem := input_in_the_way(run_dir, config):
+        return problem
+    if config.train.overwrite:
         return None
     if config.checkpoint.resume == "none":
         return (
             f"run folder {run_dir} is not empty; resume it with --resume auto, pass --overwrite to "
             "start over in it, or choose another --train.output_dir"
         )
-    if config.checkpoint.resume == "auto" and not (run_dir / "run_info.json").is_file():
-        return (
-            f"{run_dir} holds files but no run of this trainer (no run_info.json), so there is nothing to resume; "
-            "choose another --train.output_dir, or pass --overwrite to train into it"
-        )
     return None
+
+
+RUN_OUTPUTS = ("best", "final", CHECKPOINTS_DIR, "metrics.jsonl", "run_info.json", "config.yaml", "tokenizer.json")
+
+
+def input_in_the_way(run_dir: Path, config: Config) -> str | None:
+    """An input of the run (data, tokenizer, a model to start from) that lies in what the run
+    rewrites or removes in ``run_dir`` (its best/, final/, checkpoints, logs): refused, or the run
+    would destroy what it reads."""
+    data, model = config.data, config.model
+    inputs = [("--data.train_files", p) for p in data.train_files or []]
+    inputs += [("--data.validation_files", p) for p in data.validation_files or []]
+    inputs += [("--data.unlabeled_files", p) for p in data.unlabeled_files or []]
+    inputs += [("--tokenizer.path", config.tokenizer.path), ("--model.init_from", model.init_from)]
+    inputs += [("--model.pretrained_embeddings", model.pretrained_embeddings)]
+    for option, path in inputs:
+        for name in RUN_OUTPUTS:
+            if path and os.path.exists(path) and inside(path, run_dir / name):
+                return (
+                    f"{option}={path} lies in {run_dir / name}, which this run rewrites; copy it elsewhere, or "
+                    "choose another --train.output_dir"
+                )
+    return None
+
+
+LOCK_NAME = ".trainer.lock"
+_LOCKS: dict[str, object] = {}  # run folder -> its open lock file, held until the process ends
+
+
+def lock_run_folder(run_dir: Path) -> None:
+    """Hold ``run_dir``'s lock (made with the folder where missing) until this process ends, however
+    it ends: a second training into the same folder, on this machine or on another one sharing it,
+    stops instead of interleaving its files with this one's."""
+    import fcntl
+
+    key = os.path.realpath(run_dir)
+    if key in _LOCKS:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(run_dir / LOCK_NAME, "a")  # noqa: SIM115 (held open on purpose)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UserError(
+            f"another training is writing into {run_dir} (it holds {run_dir / LOCK_NAME}); wait for it to end, "
+            "or choose another --train.output_dir"
+        ) from None
+    _LOCKS[key] = lock
 
 
 def read_run_info(run_dir: Path) -> dict:
@@ -103,8 +158,16 @@ def start_run_folder(run_dir: Path, info: dict, config: Config, tokenizer: Token
     """What a run writes first (main process): run_info.json, which makes the folder this run's
     (``--resume auto`` may continue it), config.yaml and the tokenizer. A resumed run drops what the
     interrupted one logged after its checkpoint; a new one removes an earlier run's outputs (with
-    ``--overwrite``): nothing stale may pass for this run's."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ``--overwrite``): nothing stale may pass for this run's.
+
+    A folder missing or empty when the run began is locked now, and must still be empty: another
+    training may have started in it meanwhile."""
+    was_locked = os.path.realpath(run_dir) in _LOCKS
+    lock_run_folder(run_dir)
+    if not was_locked and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+        raise UserError(
+            f"another training wrote into {run_dir} while this one prepared its data; choose another --train.output_dir"
+        )
     if resumed_step is not None:
         truncate_metrics(run_dir / "metrics.jsonl", resumed_step)
     else:
@@ -112,7 +175,7 @@ def start_run_folder(run_dir: Path, info: dict, config: Config, tokenizer: Token
         for stale in ("best", "final", CHECKPOINTS_DIR):
             shutil.rmtree(run_dir / stale, ignore_errors=True)
     write_json(run_dir / "run_info.json", info)
-    (run_dir / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
+    write_text(run_dir / "config.yaml", to_yaml(config))
     save_tokenizer(tokenizer, run_dir / "tokenizer.json")
 
 
@@ -120,14 +183,12 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Keep the records up to ``step`` (a resumed run logs the later ones again)."""
     if path.is_file():
         kept = [record for record in read_metrics(path) if record["step"] <= step]
-        path.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+        write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Atomically: a kill while writing leaves the previous file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Atomically: a kill or a full disk while writing leaves the previous file."""
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def run_info(config: Config, accelerator: Accelerator, data_stats: dict, precision_reason: str) -> dict:
@@ -216,6 +277,12 @@ def announce(run: Run, tracker_note: str | None) -> None:
         say(tracker_note)
     if shared := data.stats["validation_rows_in_train"]:
         say(overlap_warning(run.config, shared, len(data.validation)))
+    if missing := data.stats.get("validation_classes_missing"):
+        say(
+            f"warning: the validation split has no rows of class {', '.join(map(repr, missing))}, so its accuracy "
+            "and F1 say nothing about it and the best checkpoint is chosen without it; give validation data with "
+            "every class (--data.validation_files), or more rows of it"
+        )
 
 
 def overlap_warning(config: Config, shared: int, validation_rows: int) -> str:

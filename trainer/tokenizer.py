@@ -9,13 +9,24 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from trainer.errors import UserError, check_choice, check_range
+from trainer.errors import (
+    MAX_COUNT,
+    MAX_SEED,
+    UserError,
+    check_choice,
+    check_given,
+    check_kind,
+    check_range,
+    write_text,
+)
 
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
 # Trained tokenizers put these at fixed ids.
 PAD_ID, UNK_ID = 0, 1
 TOKENIZER_MODELS = ("wordpiece", "wordlevel", "bpe")
+MAX_VOCAB = 10_000_000  # tokens: an embedding row each
+MAX_TOKENS = 1 << 20  # max_length: tokens a text is cut to
 
 
 @dataclass
@@ -39,9 +50,11 @@ class TokenizerConfig:
     def __post_init__(self) -> None:
         check_choice("tokenizer.model", self.model, TOKENIZER_MODELS)
         if self.train_sample is not None:
-            check_range("tokenizer.train_sample", self.train_sample, 1)
-        check_range("tokenizer.vocab_size", self.vocab_size, 3)
-        check_range("tokenizer.min_frequency", self.min_frequency, 1)
+            check_range("tokenizer.train_sample", self.train_sample, 1, MAX_COUNT)
+        check_range("tokenizer.vocab_size", self.vocab_size, 3, MAX_VOCAB)
+        check_range("tokenizer.min_frequency", self.min_frequency, 1, MAX_COUNT)
+        check_range("tokenizer.sample_seed", self.sample_seed, 0, MAX_SEED)
+        check_given("tokenizer.path", self.path, "a tokenizer.json, or null to train one")
 
 
 def build_normalizer(lowercase: bool) -> normalizers.Normalizer:
@@ -77,6 +90,9 @@ def train_tokenizer(texts: Iterator[list[str]], config: TokenizerConfig) -> Toke
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
+    if (path / "tokenizer.json").is_file():  # a model or run folder
+        raise UserError(f"tokenizer file {path} is a folder; give the tokenizer.json in it, {path / 'tokenizer.json'}")
+    check_kind(path, "file", "a tokenizer.json, or leave tokenizer.path unset", "tokenizer file")
     if not path.is_file():
         raise UserError(f"tokenizer file {path} does not exist; give a tokenizer.json or leave tokenizer.path unset")
     try:
@@ -89,7 +105,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 
 def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:
-    Path(path).write_text(tokenizer.to_str(), encoding="utf-8")
+    """Whole or not at all (``write_text``): a full disk leaves no cut tokenizer.json."""
+    write_text(path, tokenizer.to_str())
 
 
 TRUNCATIONS = ("head", "tail", "head_tail")

@@ -8,9 +8,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.errors import UserError, check_choice
+from trainer.errors import UserError, check_choice, check_given
 
 TRACKERS = ("wandb", "tensorboard", "none")
+PROJECT_FORBIDDEN = ("/", "\\", "#", "?", "%", ":")
+WANDB_INIT_TIMEOUT_S = 30  # how long W&B may take to start a run online, unless WANDB_INIT_TIMEOUT says
 
 
 @dataclass
@@ -24,6 +26,18 @@ class LoggingConfig:
 
     def __post_init__(self) -> None:
         check_choice("logging.tracker", self.tracker, TRACKERS)
+        check_given("logging.project", self.project, "a project name")
+        check_given("logging.run_name", self.run_name, "a run name, or null for the run folder's name")
+        check_given("logging.entity", self.entity, "a W&B team or user, or null")
+        # W&B refuses these in a project name; TensorBoard would make folders of them.
+        if len(self.project) > 128 or any(c in self.project for c in PROJECT_FORBIDDEN):
+            raise UserError(
+                f"logging.project={self.project!r} must be at most 128 characters, none of them "
+                f"{' '.join(PROJECT_FORBIDDEN)}"
+            )
+        for tag in self.tags:
+            if not str(tag).strip() or len(str(tag)) > 64:  # W&B's limit
+                raise UserError(f"logging.tags: {tag!r} is not a tag; each tag is 1 to 64 characters")
 
 
 def wandb_has_credentials() -> bool:
@@ -62,10 +76,37 @@ def tracker_setup(config: LoggingConfig, run_dir: Path) -> tuple[list[str], dict
         note = f"W&B: no API key found, logging offline to {run_dir / 'wandb'} (upload later with `wandb sync`)"
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", str(WANDB_INIT_TIMEOUT_S))  # wandb's own default waits 90 s
     kwargs = {"dir": str(run_dir), "name": config.run_name or run_dir.name, "tags": config.tags or None}
     if config.entity:
         kwargs["entity"] = config.entity
     return ["wandb"], {"wandb": kwargs}, note
+
+
+def start_trackers(accelerator, project: str, hparams: dict, init_kwargs: dict) -> str | None:
+    """``accelerator.init_trackers``, and the warning to show where W&B did not start online.
+
+    A training run does not stop for its tracker: where W&B cannot be reached within
+    ``WANDB_INIT_TIMEOUT`` seconds (or refuses the run), the run logs offline into its folder instead,
+    to upload later with ``wandb sync``; losing hours of training to a tracker's outage is worse.
+    """
+    try:
+        accelerator.init_trackers(project, config=hparams, init_kwargs=init_kwargs)
+        return None
+    except Exception as exc:
+        from wandb.errors import CommError
+
+        if "wandb" not in init_kwargs or not isinstance(exc, CommError):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    accelerator.trackers.clear()  # the W&B tracker that did not start; init_trackers makes a new one
+    offline = {**init_kwargs, "wandb": {**init_kwargs["wandb"], "mode": "offline"}}
+    accelerator.init_trackers(project, config=hparams, init_kwargs=offline)
+    folder = Path(accelerator.get_tracker("wandb", unwrap=True).dir).parent
+    return (
+        f"warning: W&B could not be reached ({reason}); logging offline to {folder} instead: upload it later "
+        f"with `wandb sync {folder}` (WANDB_MODE=offline skips the {os.environ.get('WANDB_INIT_TIMEOUT')} s wait)"
+    )
 
 
 def flatten(tree: dict, prefix: str = "", scalars_only: bool = False) -> dict:

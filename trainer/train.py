@@ -19,6 +19,7 @@ from trainer.checkpoint import TrainState, load_checkpoint
 from trainer.collective import from_main, main_decides, say
 from trainer.config import Config
 from trainer.data import Coordination, LengthGroupedBatchSampler, PreparedData, build_dataloaders
+from trainer.errors import UserError
 from trainer.export import state_digest
 from trainer.guard import FiniteGuard
 from trainer.hardware import choose_precision
@@ -40,7 +41,7 @@ from trainer.rundir import (
     write_json,
 )
 from trainer.task import Classification, Task
-from trainer.tracking import flatten, tracker_resume_kwargs, tracker_setup
+from trainer.tracking import flatten, start_trackers, tracker_resume_kwargs, tracker_setup
 from trainer.validation import Validator
 from trainer.vectors import initialise_from_file
 
@@ -128,6 +129,12 @@ def setup(config: Config, preset: str, task: Task | None = None) -> Run:
         resume_from = main_decides(partial(choose_checkpoint, config, run_dir, say))
     if resume_from:
         saved = load_checkpoint(accelerator, Path(resume_from), state)
+        if state.step > total_steps:  # it would train on past the end it was given, and call that done
+            raise UserError(
+                f"checkpoint {resume_from} is at step {state.step}, past this run's last step {total_steps} "
+                "(--train.max_steps, or --train.epochs); raise it to go on, or start a new run",
+                on_every_rank=True,
+            )
         old, new = (describe_split(setup) for setup in (saved, state.setup))
         moved = f"; saved with {old}, continuing with {new}" if old != new else ""
         say(f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}){moved}")
@@ -140,11 +147,10 @@ def setup(config: Config, preset: str, task: Task | None = None) -> Run:
     info |= {"total_steps": total_steps, "steps_per_epoch": sampler.steps_per_epoch, "examples_per_epoch": sampler.size}
     info["num_parameters"] = sum(p.numel() for p in model.parameters())
     info["pretrained_embeddings"] = embedding_stats
-    if accelerator.is_main_process:
-        start_run_folder(run_dir, info, config, data.tokenizer, state.step if resume_from else None)
+    main_decides(partial(start_run_folder, run_dir, info, config, data.tokenizer, state.step if resume_from else None))
     if log_with:
         hparams = flatten(asdict(config), scalars_only="tensorboard" in log_with)
-        accelerator.init_trackers(config.logging.project, config=hparams, init_kwargs=tracker_kwargs)
+        tracker_note = start_trackers(accelerator, config.logging.project, hparams, tracker_kwargs) or tracker_note
         if "wandb" in log_with and accelerator.is_main_process:
             state.tracker_run_id = accelerator.get_tracker("wandb", unwrap=True).id
     log = MetricsLog(run_dir / "metrics.jsonl" if accelerator.is_main_process else None, accelerator.log)

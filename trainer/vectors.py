@@ -13,13 +13,14 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from trainer.errors import UserError
+from trainer.errors import UserError, check_kind
 from trainer.tokenizer import PAD_TOKEN
 
 
 def load_word_vectors(path: str | Path, tokenizer: Tokenizer, dim: int) -> tuple[dict[int, torch.Tensor], dict]:
     """({token id: vector} for the vocabulary's tokens found in the file, statistics)."""
     path = Path(path)
+    check_kind(path, "file", "a GloVe/word2vec text file", "word-vector file")
     if not path.is_file():
         raise UserError(f"word-vector file {path} does not exist; give a local GloVe/word2vec text file")
     vocab = {token: i for token, i in tokenizer.get_vocab().items() if token != PAD_TOKEN}
