@@ -73,7 +73,7 @@ def run(main: Callable[[], dict]) -> None:
 def tiny_reviews_csv(path: Path, rows: int = 600, per_movie: int = 6, seed: int = 0) -> Path:
     """``path``: IMDB-like rows (text, label, movie_id) from the built-in generator, ``per_movie``
     reviews of each movie, for the scripts that read IMDB's train.csv.gz."""
-    from trainer.corpus import CorpusConfig, generate_corpus
+    from trainer.data.corpus import CorpusConfig, generate_corpus
 
     corpus = generate_corpus(CorpusConfig(num_examples=rows, seed=seed))
     path.parent.mkdir(parents=True, exist_ok=True)

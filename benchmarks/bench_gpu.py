@@ -48,7 +48,7 @@ from bench_step import FusedBiLSTM  # noqa: E402
 from reference_baseline import ReferenceSentimentRNN, pad_fixed  # noqa: E402
 
 from trainer.hardware import cpu_info  # noqa: E402
-from trainer.model import ModelConfig, SentimentRNN, classification_loss  # noqa: E402
+from trainer.models.sentiment import ModelConfig, SentimentRNN, classification_loss  # noqa: E402
 
 SIZES = {  # the `imdb` preset's model, and a larger one a GPU is for
     "imdb": ModelConfig(embedding_dim=128, hidden_dim=128, num_layers=1, bidirectional=True, dropout=0.4),
@@ -73,7 +73,7 @@ def load_sequences(
 ) -> tuple[list[list[int]], list[int], str]:
     """(token ids, labels, where they came from): IMDB where ``imdb`` and it is present."""
     if imdb and IMDB.is_file():
-        from trainer.tokenizer import TokenizerConfig, train_tokenizer
+        from trainer.data.tokenizer import TokenizerConfig, train_tokenizer
 
         with gzip.open(IMDB, "rt", encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))

@@ -38,9 +38,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_cli import add_options, finish, parse  # noqa: E402
 
 from trainer.errors import UserError  # noqa: E402
-from trainer.export import ONNX_NAME, WEIGHTS_NAME, export_onnx_folder  # noqa: E402
+from trainer.export import export_onnx_folder  # noqa: E402
 from trainer.hardware import cpu_info  # noqa: E402
 from trainer.inference import load_model  # noqa: E402
+from trainer.inference.folder import ONNX_NAME, WEIGHTS_NAME  # noqa: E402
 
 
 def validation_texts(model_dir: Path, data: str | None, limit: int) -> tuple[list[str], list[str], str]:
@@ -72,7 +73,7 @@ def timed(predict, texts: list[str], batch_size: int) -> float:
 
 def padded_batches(model, texts: list[str], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The batches ``predict`` runs (similar lengths together), tokenised and padded ahead of time."""
-    from trainer.tokenizer import pad_batch
+    from trainer.data.tokenizer import pad_batch
 
     encodings = sorted(model.encode(texts), key=lambda e: len(e.ids))
     return [

@@ -66,7 +66,7 @@ def build_corpus(size: int, root: Path, shard_rows: int = SHARD_ROWS) -> Path:
     """``root/<size>/`` with ``shards/*.parquet`` and ``all.csv``; written once."""
     import datasets
 
-    from trainer.corpus import CorpusConfig, generate_corpus
+    from trainer.data.corpus import CorpusConfig, generate_corpus
 
     folder = root / str(size)
     if (folder / "done").is_file():

@@ -42,9 +42,9 @@ from bench_cli import add_options, finish, imdb_group_overrides, parse, require_
 
 from trainer.config import load_config  # noqa: E402
 from trainer.data import LengthGroupedBatchSampler, lengths_of, prepare_data  # noqa: E402
+from trainer.data.tokenizer import padded_width  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
 from trainer.hardware import cpu_info  # noqa: E402
-from trainer.tokenizer import padded_width  # noqa: E402
 
 VARIANT = re.compile(r"^m(\d+)b(\d+)$")
 

@@ -6,7 +6,7 @@ the gradients); variants alternate round by round and each reports the median ov
 real (non-padding) tokens per second, with the ratio to ``trainer`` (what the trainer does):
 
 - ``trainer``: what the trainer does in float32: length-grouped batches, masked per-direction
-  LSTMs, AdamW as ``trainer.optim.build_optimizer`` makes it (foreach), ``set_to_none=True``;
+  LSTMs, AdamW as ``trainer.training.optim.build_optimizer`` makes it (foreach), ``set_to_none=True``;
 - ``fixed_padding``: the same examples padded to ``max_length`` (the reference article's batches);
 - ``reference_model``: the reference article's fused bidirectional ``nn.LSTM``, unmasked, on the trainer's batches;
 - ``packed``: ``pack_padded_sequence`` through a fused bidirectional ``nn.LSTM``;
@@ -54,10 +54,10 @@ from bench_cli import add_options, finish, imdb_group_overrides, parse, require_
 
 from trainer.config import load_config  # noqa: E402
 from trainer.data import build_dataloaders, prepare_data  # noqa: E402
+from trainer.data.tokenizer import pad_id  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
-from trainer.model import SentimentRNN, classification_loss  # noqa: E402
-from trainer.optim import build_optimizer  # noqa: E402
-from trainer.tokenizer import pad_id  # noqa: E402
+from trainer.models.sentiment import SentimentRNN, classification_loss  # noqa: E402
+from trainer.training.optim import build_optimizer  # noqa: E402
 
 VARIANTS = (
     "trainer",

@@ -170,7 +170,7 @@ class Check:
 
     def evaluate(self, data: str | None) -> dict:
         if data is None:  # reviews of the built-in kind, from another seed than the run's
-            from trainer.corpus import CorpusConfig, generate_corpus
+            from trainer.data.corpus import CorpusConfig, generate_corpus
 
             corpus = generate_corpus(CorpusConfig(num_examples=400, seed=7))
             data = str(self.out / "reviews.jsonl")

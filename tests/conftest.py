@@ -69,7 +69,8 @@ def run_cli(
 def assert_fault_fired(output: str) -> None:
     """A run given a fault (tests/faults) must show that it fired, or the test proves nothing."""
     assert "injected fault: " in output, (
-        "the injected fault never fired (tests/faults hooks trainer.loop.optimizer_step and checkpoint renames): "
+        "the injected fault never fired (tests/faults hooks trainer.training.loop.optimizer_step, the data's "
+        "loading and checkpoint renames): "
         f"the run did not fail where the test meant it to\n{output[-2000:]}"
     )
 
@@ -169,9 +170,9 @@ def evaluate_export(model_dir: Path, run_dir: Path) -> dict:
 
     from trainer.config import load_config
     from trainer.data import build_dataloaders, prepare_data
-    from trainer.export import load_exported
+    from trainer.inference.folder import load_exported
     from trainer.metrics import classification_metrics
-    from trainer.model import class_probabilities, classification_loss
+    from trainer.models.sentiment import class_probabilities, classification_loss
 
     config = load_config(str(run_dir / "config.yaml"), [])
     data = prepare_data(config.data, config.tokenizer)
@@ -190,7 +191,7 @@ def evaluate_export(model_dir: Path, run_dir: Path) -> dict:
 
 def review_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:
     """Small labelled rows from the built-in generator."""
-    from trainer.corpus import CorpusConfig, generate_corpus
+    from trainer.data.corpus import CorpusConfig, generate_corpus
 
     corpus = generate_corpus(CorpusConfig(num_examples=n, seed=seed))
     return list(zip(corpus["text"], corpus["label"], strict=True))

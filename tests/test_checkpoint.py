@@ -16,8 +16,8 @@ from conftest import REPO, evaluate_export, read_json, read_jsonl, run_cli, weig
 from safetensors.torch import load_file
 from test_distributed import launcher
 
-from trainer.checkpoint import MANIFEST_NAME
-from trainer.export import sha256_file
+from trainer.inference.folder import sha256_file
+from trainer.training.checkpoint import MANIFEST_NAME
 
 pytestmark = pytest.mark.slow
 FAULTS = Path(__file__).parent / "faults"
@@ -438,7 +438,7 @@ def test_ctrl_c_stops_and_says_how_to_resume(tmp_path):
 
 
 def test_checkpoints_are_ordered_by_save_sequence_and_older_ones_by_completion(tmp_path):
-    from trainer.checkpoint import list_checkpoints
+    from trainer.training.checkpoint import list_checkpoints
 
     root = tmp_path / "checkpoints"
     now = time.time()

@@ -83,7 +83,7 @@ def test_yaml_booleans_do_not_swallow_string_values(tmp_path):
 
 def test_a_global_batch_size_sets_the_accumulation_for_the_process_count():
     from trainer.config import TrainConfig
-    from trainer.train import apply_global_batch
+    from trainer.training.train import apply_global_batch
 
     for processes, accumulation in ((1, 4), (2, 2), (4, 1)):
         train = TrainConfig(batch_size=16, global_batch_size=64, gradient_accumulation_steps=7)

@@ -10,7 +10,6 @@ import torch
 from accelerate.data_loader import BatchSamplerShard
 from conftest import review_rows, shared_file, write_csv
 
-from trainer.corpus import CorpusConfig, generate_corpus
 from trainer.data import (
     DataConfig,
     LengthGroupedBatchSampler,
@@ -24,8 +23,9 @@ from trainer.data import (
     tokenize_split,
     tokenizer_sample,
 )
+from trainer.data.corpus import CorpusConfig, generate_corpus
+from trainer.data.tokenizer import PAD_ID, UNK_ID, TokenizerConfig, train_tokenizer
 from trainer.errors import UserError
-from trainer.tokenizer import PAD_ID, UNK_ID, TokenizerConfig, train_tokenizer
 
 
 def shard(sampler, num_shards):
@@ -420,7 +420,7 @@ def test_a_validation_split_without_a_class_is_named(tmp_path):
 
 
 def test_length_buckets_bound_the_padding_and_the_number_of_shapes():
-    from trainer.tokenizer import padded_width
+    from trainer.data.tokenizer import padded_width
 
     for buckets in (4, 8, 16):
         widths = {n: padded_width(n, 1, buckets) for n in range(1, 2049)}

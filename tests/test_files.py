@@ -64,8 +64,8 @@ def error_line(result: subprocess.CompletedProcess) -> str:
 def assert_nothing_half_written(folder: Path) -> None:
     """No temporary left, and whatever is there is complete: models load (their checksums match),
     checkpoints pass their manifest, JSON files parse, metrics.jsonl is whole lines."""
-    from trainer.checkpoint import check_checkpoint, list_checkpoints
-    from trainer.export import load_exported
+    from trainer.inference.folder import load_exported
+    from trainer.training.checkpoint import check_checkpoint, list_checkpoints
 
     leftovers = [p for p in folder.rglob("*") if ".tmp" in p.name or ".old" in p.name or p.name.startswith("tmp")]
     assert not leftovers, leftovers

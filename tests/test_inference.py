@@ -197,7 +197,7 @@ def less_sure_copy(model_dir: Path, out: Path) -> Path:
     first 12 tokens (so it orders texts by length unlike the original)."""
     from safetensors.torch import load_file, save_file
 
-    from trainer.export import sha256_file
+    from trainer.inference.folder import sha256_file
 
     shutil.copytree(model_dir, out)
     weights = load_file(str(out / "model.safetensors"))

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from trainer.data.labels import LabelMap
 from trainer.errors import UserError
-from trainer.labels import LabelMap
 from trainer.metrics import classification_metrics, roc_auc
 
 

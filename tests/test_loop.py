@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from trainer.checkpoint import CheckpointConfig, TrainState
-from trainer.loop import CheckpointPolicy, Epochs, Stop
-from trainer.task import Classification
-from trainer.validation import Validator
+from trainer.training.checkpoint import CheckpointConfig, TrainState
+from trainer.training.loop import CheckpointPolicy, Epochs, Stop
+from trainer.training.task import Classification
+from trainer.training.validation import Validator
 
 
 def test_the_checkpoint_policy_saves_every_n_steps_before_the_last_and_on_a_signal():

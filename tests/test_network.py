@@ -15,7 +15,7 @@ import time
 import pytest
 from conftest import free_port, run_cli
 
-from trainer.tracking import WANDB_INIT_TIMEOUT_S, LoggingConfig, tracker_setup
+from trainer.training.tracking import WANDB_INIT_TIMEOUT_S, LoggingConfig, tracker_setup
 
 HUB_BOUNDS = {"HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
 FAKE_WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"

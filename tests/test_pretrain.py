@@ -6,8 +6,8 @@ from conftest import read_json, run_cli, write_csv
 from safetensors.torch import load_file
 
 from trainer.errors import UserError
-from trainer.lm import LanguageModel, PretrainConfig
-from trainer.model import ModelConfig
+from trainer.models.language import LanguageModel, PretrainConfig
+from trainer.models.sentiment import ModelConfig
 
 
 def tiny_lm(vocab=50, hidden=16, tie=True, samples=20, counts=None, **model):

@@ -14,12 +14,12 @@ import pytest
 import torch
 from conftest import REPO, free_port, review_rows, write_csv
 
-from trainer.export import load_exported
+from trainer.data.tokenizer import pad_batch
 from trainer.export import main as export_main
 from trainer.inference import load_model
+from trainer.inference.folder import load_exported
 from trainer.predict import main as predict_main
 from trainer.push import main as push_main
-from trainer.tokenizer import pad_batch
 
 pytestmark = pytest.mark.slow
 
@@ -226,8 +226,8 @@ def test_onnx_matches_eager_pytorch_on_texts_of_very_different_lengths_in_one_ba
     ],
 )
 def test_every_cell_and_stack_exports_with_the_same_outputs(architecture, tmp_path):
-    from trainer.model import ModelConfig, SentimentRNN
-    from trainer.onnx_model import OnnxClassifier, export_onnx
+    from trainer.inference.onnx import OnnxClassifier, export_onnx
+    from trainer.models.sentiment import ModelConfig, SentimentRNN
 
     torch.manual_seed(0)
     model = SentimentRNN(ModelConfig(embedding_dim=16, hidden_dim=8, **architecture), 300, 3).eval()

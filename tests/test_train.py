@@ -11,9 +11,9 @@ from accelerate import Accelerator
 from conftest import REPO, evaluate_export, read_json, read_jsonl, review_rows, run_cli, write_csv
 
 from trainer.cli import main
-from trainer.loss import training_loss
-from trainer.model import ModelConfig, SentimentRNN, classification_loss
-from trainer.optim import OptimConfig, build_optimizer
+from trainer.models.sentiment import ModelConfig, SentimentRNN, classification_loss
+from trainer.training.loss import training_loss
+from trainer.training.optim import OptimConfig, build_optimizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerator_state")]
 
@@ -111,9 +111,12 @@ def test_a_run_never_writes_into_a_non_empty_folder(tmp_path, capsys):
     run.mkdir()
     (run / "notes.txt").write_text("mine")
     assert main(["--config", "tiny", f"--train.output_dir={run}"]) == 2
-    assert "run folder" in capsys.readouterr().err and (run / "notes.txt").read_text() == "mine"
-    assert main(["--config", "tiny", f"--train.output_dir={run}", "--overwrite", "--train.max_steps=2"]) == 0
-    assert (run / "final" / "model.safetensors").is_file() and (run / "notes.txt").read_text() == "mine"
+    assert "holds files but no run of this trainer" in capsys.readouterr().err
+    assert (run / "notes.txt").read_text() == "mine"
+    # --overwrite replaces a run, never a folder of other files
+    assert main(["--config", "tiny", f"--train.output_dir={run}", "--overwrite", "--train.max_steps=2"]) == 2
+    assert "holds files but no run of this trainer" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"] and (run / "notes.txt").read_text() == "mine"
 
 
 def bad_run(tmp_path, capsys, *args) -> str:
@@ -184,7 +187,7 @@ def easy_csv(path, n=800):
     """One sentiment word among neutral ones: any working trainer learns it in seconds."""
     import random
 
-    from trainer.corpus import NEGATIVE, NEUTRAL, POSITIVE
+    from trainer.data.corpus import NEGATIVE, NEUTRAL, POSITIVE
 
     rng = random.Random(0)
     rows = []
@@ -328,7 +331,7 @@ def test_sigterm_outranks_the_time_limit_warning_and_only_the_warning_requeues(m
     import signal
     from types import SimpleNamespace
 
-    from trainer.preemption import Preemption, slurm_job
+    from trainer.training.preemption import Preemption, slurm_job
 
     preemption = Preemption()
     preemption.install()

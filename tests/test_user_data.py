@@ -14,13 +14,13 @@ from conftest import read_json, read_jsonl, review_rows, write_csv
 from trainer.cli import main
 from trainer.config import Config, TrainConfig
 from trainer.data import DataConfig, LengthGroupedBatchSampler, prepare_data
+from trainer.data.tokenizer import TokenizerConfig, Truncator, head_tail_sizes, train_tokenizer
 from trainer.errors import UserError
 from trainer.evaluate import main as evaluate_main
 from trainer.inference import load_model
-from trainer.loss import class_weights
 from trainer.metrics import classification_metrics, per_class_report
-from trainer.model import classification_loss
-from trainer.tokenizer import TokenizerConfig, Truncator, head_tail_sizes, train_tokenizer
+from trainer.models.sentiment import classification_loss
+from trainer.training.loss import class_weights
 
 # metrics under imbalance
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 import os
 import sys
 
-from trainer.checkpoint import CHECKPOINTS_DIR, list_checkpoints
-from trainer.collective import collective_failure, report
 from trainer.config import config_reference, load_config, preset_names
 from trainer.errors import UserError, exit_for, flush_stdout
-from trainer.preemption import Preemption
-from trainer.task import Classification, Task
-from trainer.train import Run, fit, setup
+from trainer.training.checkpoint import CHECKPOINTS_DIR, list_checkpoints
+from trainer.training.collective import collective_failure, report
+from trainer.training.preemption import Preemption
+from trainer.training.run import Run, Task
+from trainer.training.task import Classification
+from trainer.training.train import fit, setup
 
 DEFAULT_PRESET = "default"
 

@@ -19,8 +19,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from trainer.checkpoint import CheckpointConfig
-from trainer.data import DataConfig
+from trainer.data.config import DataConfig
+from trainer.data.tokenizer import TokenizerConfig
 from trainer.errors import (
     MAX_COUNT,
     MAX_SEED,
@@ -31,11 +31,11 @@ from trainer.errors import (
     check_range,
     write_text,
 )
-from trainer.lm import PretrainConfig
-from trainer.model import ModelConfig
-from trainer.optim import OptimConfig
-from trainer.tokenizer import TokenizerConfig
-from trainer.tracking import LoggingConfig
+from trainer.models.language import PretrainConfig
+from trainer.models.sentiment import ModelConfig
+from trainer.training.checkpoint import CheckpointConfig
+from trainer.training.optim import OptimConfig
+from trainer.training.tracking import LoggingConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 PRECISIONS = ("no", "fp16", "bf16", "auto")

@@ -29,15 +29,17 @@ import torch
 from accelerate import Accelerator, PartialState
 from torch.utils.data import DataLoader
 
-from trainer.collective import collective_failure, report
-from trainer.data import PaddingCollator, encode_labels, lengths_of, load_labelled, tokenize
+from trainer.data.batching import PaddingCollator, lengths_of
+from trainer.data.cleaning import encode_labels, load_labelled
+from trainer.data.labels import LabelMap
+from trainer.data.tokenising import tokenize
 from trainer.errors import UserError, check_new_file, exit_for
-from trainer.export import load_exported
-from trainer.inference import SentimentModel, add_model_arguments, check_same_labels
-from trainer.labels import LabelMap
+from trainer.inference.folder import load_exported
+from trainer.inference.loaded import SentimentModel, add_model_arguments, check_same_labels
+from trainer.inference.mistakes import check_outputs, losses_from, top_mistakes, write_mistakes
 from trainer.metrics import classification_metrics, per_class_report
-from trainer.mistakes import check_outputs, losses_from, top_mistakes, write_mistakes
-from trainer.validation import gather_predictions
+from trainer.training.collective import collective_failure, report
+from trainer.training.validation import gather_predictions
 
 
 def confusion_matrix(probabilities: torch.Tensor, labels: torch.Tensor) -> list[list[int]]:

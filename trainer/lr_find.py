@@ -28,11 +28,12 @@ def lr_range_test(config, start: float, end: float, steps: int) -> dict:
     """{"lr": [...], "loss": [...] (smoothed), "raw_loss": [...], "suggested_lr", "min_loss_lr"}."""
     from accelerate import Accelerator
 
-    from trainer.data import Coordination, build_dataloaders
+    from trainer.data.batching import build_dataloaders
+    from trainer.data.preparation import Coordination
     from trainer.hardware import choose_precision
-    from trainer.model import classification_loss
-    from trainer.optim import build_optimizer
-    from trainer.task import Classification
+    from trainer.models.sentiment import classification_loss
+    from trainer.training.optim import build_optimizer
+    from trainer.training.task import Classification
 
     torch.manual_seed(config.train.seed)
     task = Classification()

@@ -5,7 +5,7 @@ that go through it) gets a time limit where it has none of its own: ``HF_HUB_ETA
 seconds (10) to connect and ``HF_HUB_DOWNLOAD_TIMEOUT`` (10) for each answer. A host that did not
 connect or answer within them is not asked again for ``FORGET_AFTER_S`` seconds: the library's
 retries (six tries over minutes, each logging a line) then fail at once, as they do offline. W&B
-has its own bound (``WANDB_INIT_TIMEOUT``, see ``trainer.tracking``).
+has its own bound (``WANDB_INIT_TIMEOUT``, see ``trainer.training.tracking``).
 
 This is set up through ``huggingface_hub.set_client_factory``, the library's knob for a client of
 one's own, so it replaces a factory set before it.

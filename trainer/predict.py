@@ -25,10 +25,10 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.card import kept_tokens
 from trainer.errors import UserError, check_kind, check_new_file, exit_for, flush_stdout, write_text
-from trainer.explain import ansi, html_page, top_tokens
-from trainer.inference import add_model_arguments, load_model
+from trainer.inference.card import kept_tokens
+from trainer.inference.explain import ansi, html_page, top_tokens
+from trainer.inference.loaded import add_model_arguments, load_model
 
 
 def _decode(raw: bytes, where: str) -> str:

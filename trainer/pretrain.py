@@ -27,10 +27,16 @@ import datasets
 import torch
 
 from trainer.config import Config
-from trainer.data import Coordination, PreparedData, prepare_data, prepare_unlabeled
-from trainer.export import export_model
-from trainer.lm import LanguageModel, check_pretrainable, evaluate_language_model, language_model_loss, token_counts
-from trainer.tokenizer import pad_id
+from trainer.data.preparation import Coordination, PreparedData, prepare_data, prepare_unlabeled
+from trainer.data.tokenizer import pad_id
+from trainer.inference.folder import export_model
+from trainer.models.language import (
+    LanguageModel,
+    check_pretrainable,
+    evaluate_language_model,
+    language_model_loss,
+    token_counts,
+)
 
 
 class LanguageModelling:

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from trainer.errors import exit_for
-from trainer.export import check_complete
-from trainer.hub import push
+from trainer.inference.folder import check_complete
+from trainer.inference.hub import push
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Loaded by tests through PYTHONPATH: makes one process fail at a chosen moment, or behave as on a GPU.
 
-The faults hook the trainer's own seams, never a dependency's call path: ``trainer.loop.
+The faults hook the trainer's own seams, never a dependency's call path: ``trainer.training.loop.
 optimizer_step`` (the end of every optimizer step) and ``os.replace`` of a checkpoint's temporary
 folder. Each fault prints ``injected fault: ...`` on stderr (and appends it to $FAULT_MARKER when
 set) as it fires, so a test can tell a fault that fired from one that silently did nothing.
@@ -9,7 +9,7 @@ FAULT_RANK: the rank that fails ("0" also means a process started without a laun
 FAULT_SLURM_NODE: the SLURM node id (SLURM_NODEID) whose processes fail.
 FAULT_AT_STEP=n with FAULT_KIND=raise (RuntimeError), kill (SIGKILL) or nan (every gradient
 becomes nan): in optimizer step n of this process's run.
-FAULT_SLOW_PREPARE=seconds: loading the data (``trainer.data.load_raw_splits``, which the main
+FAULT_SLOW_PREPARE=seconds: loading the data (``trainer.data.preparation.load_raw_splits``, which the main
 process runs while the others wait at a collective step) takes that much longer.
 FAULT_KILL_IN_SAVE=n: SIGKILL while the n-th checkpoint is being put in place (after its files
 are written, before the rename).
@@ -35,10 +35,10 @@ def _fired(what: str) -> None:
 
 
 def _wrap_optimizer_step(make_wrapper) -> None:
-    """Replace ``trainer.loop.optimizer_step``, which ``train_step`` looks up at each call."""
-    import trainer.loop
+    """Replace ``trainer.training.loop.optimizer_step``, which ``train_step`` looks up at each call."""
+    import trainer.training.loop
 
-    trainer.loop.optimizer_step = make_wrapper(trainer.loop.optimizer_step)
+    trainer.training.loop.optimizer_step = make_wrapper(trainer.training.loop.optimizer_step)
 
 
 _rank = os.environ.get("FAULT_RANK") is not None and os.environ.get("RANK", "0") == os.environ["FAULT_RANK"]
@@ -73,16 +73,16 @@ if _rank or _node:
     if os.environ.get("FAULT_SLOW_PREPARE"):
         import time
 
-        import trainer.data
+        import trainer.data.preparation
 
-        _load, _pause = trainer.data.load_raw_splits, float(os.environ["FAULT_SLOW_PREPARE"])
+        _load, _pause = trainer.data.preparation.load_raw_splits, float(os.environ["FAULT_SLOW_PREPARE"])
 
         def _slow_load(*args, **kwargs):
             _fired(f"loading the data slowed by {_pause}s")
             time.sleep(_pause)
             return _load(*args, **kwargs)
 
-        trainer.data.load_raw_splits = _slow_load
+        trainer.data.preparation.load_raw_splits = _slow_load
 
     if os.environ.get("FAULT_KILL_IN_SAVE"):
         _replace = os.replace
@@ -151,9 +151,9 @@ if os.environ.get("EMULATE_CUDNN_WEIGHTS"):
 # COUNT_SYNCS=file: what would make the host wait for a GPU, counted on the CPU (and on a GPU, also
 # what torch.cuda.set_sync_debug_mode reports, as "cuda file:line"). Every call of a
 # tensor operation that copies a value to the host (item, bool, int, tolist, nonzero, boolean-mask
-# indexing, ...) made from the trainer's own code, outside the data pipeline (trainer/data.py
+# indexing, ...) made from the trainer's own code, outside the data pipeline (trainer/data/
 # works on host tensors), is recorded with its file:line, between consecutive optimizer steps
-# (trainer.loop.optimizer_step). At exit the file gets one JSON list per step: [[where, ...], ...].
+# (trainer.training.loop.optimizer_step). At exit the file gets one JSON list per step: [[where, ...], ...].
 SYNCING = {"item", "__bool__", "__int__", "__float__", "__index__", "tolist", "numpy", "nonzero", "cpu"}
 SYNCING |= {"masked_select", "unique", "argwhere", "nonzero_static", "repeat_interleave"}
 if os.environ.get("COUNT_SYNCS"):
@@ -171,7 +171,11 @@ if os.environ.get("COUNT_SYNCS"):
         while frame is not None:
             name = frame.f_code.co_filename
             if name.startswith(_trainer + os.sep):
-                return None if name.endswith(os.sep + "data.py") else f"{name[len(_trainer) + 1 :]}:{frame.f_lineno}"
+                return (
+                    None
+                    if name.startswith(os.path.join(_trainer, "data", ""))
+                    else f"{name[len(_trainer) + 1 :]}:{frame.f_lineno}"
+                )
             if os.sep + "torch" + os.sep not in name and name != __file__:
                 return None  # a dependency's own code (accelerate, tqdm, ...), or the tests'
             frame = frame.f_back

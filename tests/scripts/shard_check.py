@@ -15,7 +15,7 @@ from accelerate.utils import gather_object
 from tokenizers import Tokenizer, models
 
 from trainer.data import DataConfig, PreparedData, build_dataloaders
-from trainer.labels import LabelMap
+from trainer.data.labels import LabelMap
 
 N, BATCH = 203, 8
 

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from trainer.checkpoint import CHECKPOINTS_DIR, list_checkpoints
 from trainer.errors import UserError
+from trainer.training.checkpoint import CHECKPOINTS_DIR, list_checkpoints
 
 if TYPE_CHECKING:
-    from trainer.train import Run
+    from trainer.training.run import Run
 
 
 class TrainingDiverged(UserError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import re
 
-from trainer.inference import Explanation
+from trainer.inference.loaded import Explanation
 
 BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)  # IMDB's line breaks
 

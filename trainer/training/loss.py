@@ -6,7 +6,7 @@ import torch
 from accelerate import Accelerator
 
 from trainer.errors import UserError
-from trainer.model import classification_loss
+from trainer.models.sentiment import classification_loss
 
 
 def class_weights(spec: str, counts: list[int], names: list[str]) -> list[float] | None:

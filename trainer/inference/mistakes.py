@@ -55,7 +55,7 @@ def top_mistakes(
 
 def write_mistakes(records: list[dict], prefix: str, model, title: str) -> tuple[Path, Path]:
     """errors.jsonl, and errors.html: each mistake with ``model``'s attention over its tokens."""
-    from trainer.explain import html_page
+    from trainer.inference.explain import html_page
 
     jsonl, page = output_paths(prefix)
     jsonl.parent.mkdir(parents=True, exist_ok=True)  # check_outputs allowed a missing folder

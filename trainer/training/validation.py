@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 
 from trainer.metrics import classification_metrics, is_better
-from trainer.model import class_probabilities, classification_loss
+from trainer.models.sentiment import class_probabilities, classification_loss
 
 
 @torch.no_grad()

@@ -7,40 +7,23 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
-from trainer.card import model_card
 from trainer.config import Config, to_yaml
-from trainer.data import Coordination, PreparedData, prepare_data
+from trainer.data.preparation import Coordination, PreparedData, prepare_data
+from trainer.data.tokenizer import pad_id
 from trainer.errors import UserError
-from trainer.export import export_model
-from trainer.inference import load_model
-from trainer.loss import class_weights, training_loss
+from trainer.inference.card import model_card
+from trainer.inference.folder import export_model
+from trainer.inference.loaded import load_model
+from trainer.inference.mistakes import losses_from, top_mistakes, write_mistakes
 from trainer.metrics import METRICS_FOR
-from trainer.mistakes import losses_from, top_mistakes, write_mistakes
-from trainer.model import SentimentRNN
-from trainer.tokenizer import pad_id
-from trainer.validation import evaluate
-
-if TYPE_CHECKING:
-    from trainer.train import Run
-
-
-class Task(Protocol):
-    name: str  # in run_info.json and in every checkpoint: a run resumes only its own task's
-    run_suffix: str  # of the run folder's default name
-
-    def configure(self, config: Config) -> Config: ...
-    def data(self, config: Config, coordination: Coordination) -> PreparedData: ...
-    def model(self, config: Config, data: PreparedData) -> torch.nn.Module: ...
-    def loss(self, run: Run, batch: dict) -> torch.Tensor: ...
-    def evaluate(self, run: Run) -> dict: ...
-    def summary(self, metrics: dict) -> str: ...
-    def export(self, run: Run, name: str, step: int, metrics: dict) -> None: ...
-    def after_training(self, run: Run) -> None: ...
+from trainer.models.sentiment import SentimentRNN
+from trainer.training.loss import class_weights, training_loss
+from trainer.training.run import Run
+from trainer.training.validation import evaluate
 
 
 class Classification:

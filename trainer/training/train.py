@@ -1,37 +1,38 @@
 """Set-up and the training loop: ``setup`` builds a ``Run`` (process group, run folder, trackers,
 data, model, optimizer, schedule, resume), ``fit`` trains it. The command line is
-``trainer.cli``; the loop's pieces are in ``trainer.loop``."""
+``trainer.cli``; the loop's pieces are in ``trainer.training.loop``."""
 
 from __future__ import annotations
 
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
-from torch.utils.data import DataLoader
 
-from trainer.checkpoint import TrainState, load_checkpoint
-from trainer.collective import from_main, main_decides, say
 from trainer.config import Config
-from trainer.data import Coordination, LengthGroupedBatchSampler, PreparedData, build_dataloaders
+from trainer.data.batching import build_dataloaders
+from trainer.data.preparation import Coordination, PreparedData
 from trainer.errors import UserError
-from trainer.export import state_digest
-from trainer.guard import FiniteGuard
 from trainer.hardware import choose_precision
-from trainer.lm import initialise_encoder, start_from_pretrained
-from trainer.loop import CheckpointPolicy, Epochs, Progress, Stop, TrainRecords, save, train_step
+from trainer.inference.folder import state_digest
 from trainer.metrics import MetricsLog
-from trainer.model import RecurrentEncoder
-from trainer.optim import MovingAverage, build_optimizer, build_scheduler
+from trainer.models.vectors import initialise_from_file
 from trainer.plot import draw_plots
-from trainer.preemption import Preemption
-from trainer.processes import apply_global_batch, build_accelerator, describe_split, on_cpu, start_processes
-from trainer.rundir import (
+from trainer.training.checkpoint import TrainState, load_checkpoint
+from trainer.training.collective import from_main, main_decides, say
+from trainer.training.guard import FiniteGuard
+from trainer.training.loop import CheckpointPolicy, Epochs, Progress, Stop, TrainRecords, save, train_step
+from trainer.training.optim import MovingAverage, build_optimizer, build_scheduler
+from trainer.training.preemption import Preemption
+from trainer.training.pretrained import initialise_encoder, start_from_pretrained
+from trainer.training.processes import apply_global_batch, build_accelerator, describe_split, on_cpu, start_processes
+from trainer.training.run import Run, Task
+from trainer.training.rundir import (
     announce,
     choose_checkpoint,
     resolve_run_dir,
@@ -40,38 +41,9 @@ from trainer.rundir import (
     where_this_process_runs,
     write_json,
 )
-from trainer.task import Classification, Task
-from trainer.tracking import flatten, start_trackers, tracker_resume_kwargs, tracker_setup
-from trainer.validation import Validator
-from trainer.vectors import initialise_from_file
-
-
-@dataclass
-class Run:
-    """Everything ``fit`` needs, built by ``setup``."""
-
-    config: Config
-    accelerator: Accelerator
-    run_dir: Path
-    data: PreparedData
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_loader: DataLoader
-    eval_loader: DataLoader
-    sampler: LengthGroupedBatchSampler
-    log: MetricsLog
-    info: dict
-    total_steps: int
-    steps_per_epoch: int
-    state: TrainState
-    ema: MovingAverage | None = None  # the moving average of the weights, with train.ema_decay
-    task: Task = field(default_factory=Classification)  # or trainer.pretrain's LanguageModelling
-    started: float = field(default_factory=time.time)
-
-    def weights(self) -> RecurrentEncoder:
-        """The model validated and exported: the moving average when there is one."""
-        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
+from trainer.training.task import Classification
+from trainer.training.tracking import flatten, start_trackers, tracker_resume_kwargs, tracker_setup
+from trainer.training.validation import Validator
 
 
 def setup(config: Config, preset: str, task: Task | None = None) -> Run:

@@ -16,18 +16,18 @@ from typing import TYPE_CHECKING
 from accelerate import Accelerator
 from tokenizers import Tokenizer
 
-from trainer.checkpoint import CHECKPOINTS_DIR, find_resume_checkpoint
-from trainer.collective import from_main, main_decides, say
 from trainer.config import Config, to_yaml
+from trainer.data.tokenizer import save_tokenizer
 from trainer.errors import UserError, check_writable_dir, inside, write_text
 from trainer.hardware import cpu_info, gpu_info
-from trainer.model import recurrent_dtype
+from trainer.models.sentiment import recurrent_dtype
 from trainer.plot import read_metrics
-from trainer.preemption import slurm_job
-from trainer.tokenizer import save_tokenizer
+from trainer.training.checkpoint import CHECKPOINTS_DIR, find_resume_checkpoint
+from trainer.training.collective import from_main, main_decides, say
+from trainer.training.preemption import slurm_job
 
 if TYPE_CHECKING:
-    from trainer.train import Run
+    from trainer.training.run import Run
 
 
 def resolve_run_dir(config: Config, preset: str) -> Path:

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from trainer.data.tokenizer import Encoded, Truncator, pad_batch
 from trainer.errors import UserError
-from trainer.export import load_exported
-from trainer.model import class_probabilities
-from trainer.tokenizer import Encoded, Truncator, pad_batch
+from trainer.inference.folder import load_exported
+from trainer.models.sentiment import class_probabilities
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The pieces of the training loop, each testable alone: the epochs (with the resume position),
 one training step, the training records, when to save, why the loop stopped, the progress bar.
-``trainer.train.fit`` puts them together."""
+``trainer.training.train.fit`` puts them together."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from contextlib import AbstractContextManager
 import torch
 from tqdm.auto import tqdm
 
-from trainer.checkpoint import save_checkpoint
 from trainer.metrics import Throughput
-from trainer.validation import prefixed
+from trainer.training.checkpoint import save_checkpoint
+from trainer.training.validation import prefixed
 
 
 class Stop(enum.Enum):

@@ -26,7 +26,7 @@ from typing import NoReturn
 from accelerate.utils import load as accelerate_load
 
 from trainer.errors import MAX_COUNT, UserError, check_choice, check_given, check_kind, check_range, write_error
-from trainer.export import sha256_file
+from trainer.inference.folder import sha256_file
 from trainer.metrics import METRIC_MODES
 
 CHECKPOINTS_DIR = "checkpoints"

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from trainer.errors import UserError
-from trainer.model import CELLS, SentimentRNN
+from trainer.models.sentiment import CELLS, SentimentRNN
 
 INPUTS = ("input_ids", "lengths")
 OUTPUTS = ("logits", "attention")
@@ -140,15 +140,13 @@ def quantize_int8(source: Path, target: Path) -> None:
 class OnnxClassifier:
     """``model.onnx`` behind the eager model's call: ``(input_ids, lengths, return_attention)`` ->
     logits (and attention weights) as torch tensors. It runs on the CPU (onnxruntime's CPU
-    provider); ``threads`` defaults to onnxruntime's choice (the physical cores)."""
+    provider) with onnxruntime's own choice of threads (the physical cores)."""
 
     training = False
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         ort = _require("onnxruntime")
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types

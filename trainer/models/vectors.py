@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from trainer.data.tokenizer import PAD_TOKEN
 from trainer.errors import UserError, check_kind
-from trainer.tokenizer import PAD_TOKEN
 
 
 def load_word_vectors(path: str | Path, tokenizer: Tokenizer, dim: int) -> tuple[dict[int, torch.Tensor], dict]:
