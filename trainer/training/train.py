@@ -101,7 +101,7 @@ def setup(config: Config, preset: str, task: Task | None = None) -> Run:
         resume_from = main_decides(partial(choose_checkpoint, config, run_dir, say))
     if resume_from:
         saved = load_checkpoint(accelerator, Path(resume_from), state)
-        if state.step > total_steps:  # it would train on past the end it was given, and call that done
+        if train.max_steps and state.step > total_steps:  # it would train on past the end it was given
             raise UserError(
                 f"checkpoint {resume_from} is at step {state.step}, past this run's last step {total_steps} "
                 "(--train.max_steps, or --train.epochs); raise it to go on, or start a new run",
