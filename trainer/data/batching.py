@@ -11,19 +11,10 @@ import datasets
 import torch
 from torch.utils.data import DataLoader
 
-from trainer.data.config import (
-    DataConfig,
-)
-from trainer.data.preparation import (
-    PreparedData,
-)
-from trainer.data.tokenizer import (
-    pad_batch,
-    pad_id,
-)
-from trainer.errors import (
-    UserError,
-)
+from trainer.data.config import DataConfig
+from trainer.data.preparation import PreparedData
+from trainer.data.tokenizer import pad_batch, pad_id
+from trainer.errors import UserError
 
 
 class LengthGroupedBatchSampler:

@@ -10,10 +10,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from trainer.data.config import (
-    FORMATS,
-    DataConfig,
-)
+from trainer.data.config import FORMATS, DataConfig
 from trainer.data.labels import LabelMap
 from trainer.data.sources import (
     _extension,
@@ -23,15 +20,8 @@ from trainer.data.sources import (
     _other_separator,
     _separator_problem,
 )
-from trainer.data.splits import (
-    _present,
-    carved_group_rows,
-    carved_rows,
-    fold_rows,
-)
-from trainer.errors import (
-    UserError,
-)
+from trainer.data.splits import _present, carved_group_rows, carved_rows, fold_rows
+from trainer.errors import UserError
 
 
 def load_labelled(

@@ -6,18 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from trainer.data import corpus
-from trainer.data.tokenizer import (
-    MAX_TOKENS,
-    TRUNCATIONS,
-)
-from trainer.errors import (
-    MAX_COUNT,
-    MAX_SEED,
-    UserError,
-    check_choice,
-    check_given,
-    check_range,
-)
+from trainer.data.tokenizer import MAX_TOKENS, TRUNCATIONS
+from trainer.errors import MAX_COUNT, MAX_SEED, UserError, check_choice, check_given, check_range
 
 BUILTIN = "builtin"
 FORMATS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}

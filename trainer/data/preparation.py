@@ -13,37 +13,14 @@ from pathlib import Path
 import datasets
 from tokenizers import Tokenizer
 
-from trainer.data.cleaning import (
-    as_text,
-    check_columns,
-    clean_splits,
-)
-from trainer.data.config import (
-    DataConfig,
-)
+from trainer.data.cleaning import as_text, check_columns, clean_splits
+from trainer.data.config import DataConfig
 from trainer.data.labels import LabelMap
-from trainer.data.sources import (
-    _digest,
-    _file_identity,
-    _load_files,
-    expand_files,
-    load_raw_splits,
-    source_identity,
-)
-from trainer.data.splits import (
-    _present,
-    cached_overlap,
-)
-from trainer.data.tokenising import (
-    build_tokenizer,
-    tokenize_split,
-)
-from trainer.data.tokenizer import (
-    TokenizerConfig,
-)
-from trainer.errors import (
-    check_writable_dir,
-)
+from trainer.data.sources import _digest, _file_identity, _load_files, expand_files, load_raw_splits, source_identity
+from trainer.data.splits import _present, cached_overlap
+from trainer.data.tokenising import build_tokenizer, tokenize_split
+from trainer.data.tokenizer import TokenizerConfig
+from trainer.errors import check_writable_dir
 
 
 @dataclass

@@ -22,15 +22,8 @@ import datasets
 import pyarrow as pa
 
 from trainer.data import corpus
-from trainer.data.config import (
-    COMPRESSIONS,
-    FORMATS,
-    DataConfig,
-)
-from trainer.errors import (
-    UserError,
-    check_kind,
-)
+from trainer.data.config import COMPRESSIONS, FORMATS, DataConfig
+from trainer.errors import UserError, check_kind
 from trainer.network import bound_hub_requests, hub_unreachable_reason
 
 

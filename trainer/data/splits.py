@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -13,13 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from trainer.data.config import (
-    DataConfig,
-)
-from trainer.errors import (
-    UserError,
-    write_text,
-)
+from trainer.data.config import DataConfig
+from trainer.errors import UserError, write_text
 
 
 def _present(value: object) -> bool:
@@ -94,25 +90,26 @@ def carved_group_rows(ds: datasets.Dataset, config: DataConfig) -> list[int]:
     closer to ``validation_fraction`` of that class's rows (the sum of the distances shrinks)."""
     labels = ds["label"]
     classes = sorted(set(labels))
-    target = {c: config.validation_fraction * n for c, n in zip(classes, _counts(labels, classes), strict=True)}
-    have = dict.fromkeys(classes, 0)
+    counts = Counter(labels)
+    target = {c: config.validation_fraction * counts[c] for c in classes}
+    have: Counter = Counter()
     groups = _shuffled_groups(ds, config.split_seed)
     if len(groups) < 2:
         raise UserError(
             f"--data.group_column={config.group_column}: one group holds every row, so no validation split can "
             "keep groups apart; choose another column or none"
         )
-    holds = [dict(zip(classes, _counts([labels[i] for i in rows], classes), strict=True)) for rows in groups]
+    holds = [Counter(labels[i] for i in rows) for rows in groups]
     taken = [False] * len(groups)
     for c in sorted(classes, key=lambda c: target[c]):  # the rarest first
         holders = [g for g in range(len(groups)) if holds[g][c]]
         if len(holders) > 1 and not have[c]:
             taken[holders[0]] = True
-            have = {k: have[k] + holds[holders[0]][k] for k in classes}
+            have += holds[holders[0]]
     for g, adds in enumerate(holds):
         if not taken[g] and sum(abs(have[c] + adds[c] - target[c]) - abs(have[c] - target[c]) for c in classes) < 0:
             taken[g] = True
-            have = {c: have[c] + adds[c] for c in classes}
+            have += adds
     chosen = [i for g, rows in enumerate(groups) if taken[g] for i in rows]
     if not chosen:
         raise UserError(
@@ -120,13 +117,6 @@ def carved_group_rows(ds: datasets.Dataset, config: DataConfig) -> list[int]:
             f"{config.validation_fraction:.0%}; raise --data.validation_fraction or choose another column"
         )
     return chosen
-
-
-def _counts(values: list, classes: list) -> list[int]:
-    counted: dict = {}
-    for value in values:
-        counted[value] = counted.get(value, 0) + 1
-    return [counted.get(c, 0) for c in classes]
 
 
 def cached_overlap(splits: dict, path: Path) -> int:

@@ -13,22 +13,10 @@ import datasets
 import torch
 from tokenizers import Tokenizer
 
-from trainer.data.config import (
-    ROWS_PER_PROCESS,
-)
-from trainer.data.sources import (
-    _digest,
-)
-from trainer.data.tokenizer import (
-    TokenizerConfig,
-    Truncator,
-    load_tokenizer,
-    save_tokenizer,
-    train_tokenizer,
-)
-from trainer.errors import (
-    write_error,
-)
+from trainer.data.config import ROWS_PER_PROCESS
+from trainer.data.sources import _digest
+from trainer.data.tokenizer import TokenizerConfig, Truncator, load_tokenizer, save_tokenizer, train_tokenizer
+from trainer.errors import write_error
 
 
 def _text_batches(ds: datasets.Dataset, batch_size: int = 1000) -> Iterator[list[str]]:
