@@ -24,6 +24,9 @@ The reference is fitted on every split, and both are reported as mean ± std ove
 (``python -m trainer.pretrain`` with the same arguments, plus ``--pretrain-args``) and starts every
 run of that split from it (``--model.init_from``); its time is reported beside the training time.
 
+A preset with a pre-training stage (``pretrain.stage``, e.g. ``imdb`` with ``--data.unlabeled_files``)
+pre-trains in every run; that stage's time is reported as ``pretrain_seconds`` too.
+
 ``--folds 8,9`` runs only those folds of the K (to split a cross-validation over machines or
 sessions; the per-fold lines on stderr of each part are the data to join).
 
@@ -87,7 +90,11 @@ def pretrain(trainer_args: list[str], out: Path) -> dict:
 def train(seed: int, trainer_args: list[str], out: Path, keep_final: bool) -> dict:
     started = time.perf_counter()
     info = run_module("trainer", seed, [*trainer_args, f"--checkpoint.save_final={str(keep_final).lower()}"], out)
-    return {
+    stage = {}
+    if (out / "pretrain" / "run_info.json").is_file():  # the preset's pre-training stage ran first
+        lm = json.loads((out / "pretrain" / "run_info.json").read_text())
+        stage = {"pretrain_seconds": lm["train_seconds"], "pretrain_loss": lm["best_metrics"]["loss"]}
+    return stage | {
         "seed": seed,
         "best_accuracy": info["best_metrics"]["accuracy"],
         "best_step": info["best_step"],
@@ -192,7 +199,7 @@ def main() -> dict:
         "accuracy_std": round(statistics.stdev(accuracies), 4) if len(accuracies) > 1 else 0.0,
         "train_seconds_median": statistics.median(r["train_seconds"] for r in runs),
     }
-    if args.pretrain:
+    if all("pretrain_seconds" in r for r in runs):  # --pretrain, or the preset's pre-training stage
         result["pretrain_seconds_median"] = statistics.median(r["pretrain_seconds"] for r in runs)
     result["final_accuracy_mean"] = round(statistics.mean(finals), 4)
     result["final_accuracy_std"] = round(statistics.stdev(finals), 4) if len(finals) > 1 else 0.0

@@ -98,6 +98,10 @@ SKIPPED = {
     "--train.output_dir=runs/imdb-lm": SHARED,
     "./launch/train.sh --config imdb --data.train_files=../shared/data/imdb/train.csv.gz "
     "--model.init_from=runs/imdb-lm/best --train.output_dir=runs/imdb-from-lm": SHARED,
+    "./launch/train.sh --config imdb --data.train_files=../shared/data/imdb/train.csv.gz "
+    "--data.unlabeled_files=../shared/data/imdb/unsup.csv.gz --train.output_dir=runs/imdb-semi": SHARED,
+    "python -m trainer.evaluate --model runs/imdb-semi/best --data reviews.csv --json": "scores the model of the "
+    "command before it, which reads ../shared/data (tests/test_pretrain.py runs both on small files)",
     "python -m trainer.lr_find --config imdb --data.train_files=../shared/data/imdb/train.csv.gz --out lr.png": SHARED,
     "python -m trainer.lr_find --config imdb --data.train_files=../shared/data/imdb/train.csv.gz "
     "--steps 400 --start 1e-5 --out lr.png": SHARED,

@@ -161,3 +161,72 @@ def test_pretraining_resumes_exactly_after_a_kill_and_runs_on_two_processes(tmp_
     assert len(set(two["weight_digests"])) == 1, "both processes end with the same weights"
     # The same examples per step; each process averages its own tokens, so the losses differ a little.
     assert two["final_metrics"]["loss"] == pytest.approx(straight["final_metrics"]["loss"], rel=0.02)
+
+
+@pytest.mark.slow  # trains in processes
+def test_one_command_pretrains_then_fine_tunes_and_resumes_either_stage(tmp_path):
+    import json
+    import signal
+
+    import yaml
+    from test_checkpoint import faults
+
+    unlabeled = write_csv(tmp_path / "more.csv", [(f"an unlabeled review number {i}", "") for i in range(40)])
+    common = ["--config", "tiny", "--train.output_dir=out", "--checkpoint.save_every_steps=4", "--pretrain.samples=64"]
+    common += ["--pretrain.stage=unlabeled", f"--data.unlabeled_files={unlabeled}", "--pretrain.max_steps=12"]
+    env = {"OMP_NUM_THREADS": "1"}
+    out, stage = tmp_path / "out", tmp_path / "out" / "pretrain"
+
+    def train(*args, expect=0, **kwargs):
+        done = run_cli([*common, *args], tmp_path, **kwargs)
+        assert done.returncode == expect, done.stderr[-3000:]
+        return done
+
+    # Killed in the language model's step 11: its checkpoint of step 8, no classifier yet.
+    train(env=env | faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    assert max(p.name for p in (stage / "checkpoints").iterdir()) == "step-00000008"
+    assert not (out / "run_info.json").exists()
+    # Resumed: the language model goes on from step 8 to 12 (4 steps), then the classifier is killed
+    # in its step 7 (the process's optimizer step 11), after its checkpoint of step 4.
+    resumed = train("--resume", "auto", env=env | faults(FAULT_AT_STEP=11, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    lm = read_json(stage / "run_info.json")
+    assert lm["task"] == "language-model" and lm["resumed_from"].endswith("step-00000008") and lm["final_step"] == 12
+    assert lm["data"]["unlabeled_examples"] == 40 and (stage / "best" / "model.safetensors").is_file()
+    assert "the language model first" in resumed.stdout
+    # Resumed again: the finished stage is reused, the classifier goes on from its step 4 to the end.
+    done = train("--resume", "auto", env=env)
+    assert "has finished; the classifier starts from" in done.stdout
+    info = read_json(out / "run_info.json")
+    assert info["task"] == "classification" and info["resumed_from"].endswith("step-00000004")
+    assert info["final_step"] == info["total_steps"] and (out / "best" / "config.json").is_file()
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["init_from"] == "out/pretrain/best"
+    assert read_json(stage / "run_info.json")["final_step"] == 12, "the stage was not run again"
+
+    scored = run_cli(
+        ["--model", "out/best", "--data", str(unlabeled_with_labels(tmp_path)), "--json"],
+        tmp_path,
+        module="trainer.evaluate",
+    )
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert 0 <= json.loads(scored.stdout)["accuracy"] <= 1
+
+    again = train("--resume", "auto", expect=2)
+    assert "has already finished" in again.stderr and "Traceback" not in again.stderr
+    changed = train("--resume", "auto", "--data.max_length=32", expect=2)
+    assert "pre-trained with other settings: data.max_length 64 (this run: 32)" in changed.stderr
+    # A folder of other files is refused before anything is pre-trained.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    refused = train("--train.output_dir=mine", expect=2)
+    assert "holds files but no run" in refused.stderr and sorted(p.name for p in (tmp_path / "mine").iterdir()) == [
+        "notes.txt"
+    ]
+    # Without unlabeled texts, pretrain.stage=unlabeled trains the classifier alone.
+    alone = run_cli(
+        ["--config", "tiny", "--train.output_dir=alone", "--pretrain.stage=unlabeled", "--train.max_steps=2"], tmp_path
+    )
+    assert alone.returncode == 0 and not (tmp_path / "alone" / "pretrain").exists(), alone.stderr[-3000:]
+
+
+def unlabeled_with_labels(tmp_path):
+    return write_csv(tmp_path / "scored.csv", [("a good film", 1), ("a bad film", 0)] * 5)

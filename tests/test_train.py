@@ -326,6 +326,47 @@ def test_adversarial_loss_adds_the_loss_at_embeddings_moved_uphill_by_epsilon():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+def test_virtual_adversarial_loss_moves_the_embeddings_where_the_predictions_change_most():
+    from trainer.training.loss import kl_divergence, log_probabilities, per_sequence_unit, virtual_adversarial_loss
+
+    torch.manual_seed(0)
+    model = SentimentRNN(ModelConfig(embedding_dim=8, hidden_dim=8, num_layers=1, dropout=0.0), 30, 2).eval()
+    input_ids, lengths = torch.randint(1, 30, (6, 7)), torch.tensor([7, 3, 5, 1, 7, 2])
+    accelerator = Accelerator(cpu=True)
+    assert virtual_adversarial_loss(model, input_ids, lengths, 0.0, accelerator).item() == pytest.approx(0, abs=1e-7)
+    found = virtual_adversarial_loss(model, input_ids, lengths, 2.0, accelerator)
+    assert all(p.grad is None for p in model.parameters()), "finding the direction leaves .grad alone"
+
+    clean = log_probabilities(model(input_ids, lengths)).detach()
+    embeddings = model.embed(input_ids).detach()
+    padding = (torch.arange(7) >= lengths.unsqueeze(1)).unsqueeze(-1)
+    for _ in range(5):  # the power iteration beats random directions of the same norm (on real tokens)
+        random = 2.0 * per_sequence_unit(torch.randn_like(embeddings).masked_fill(padding, 0))
+        moved = log_probabilities(model(input_ids, lengths, embeddings=embeddings + random))
+        assert found > kl_divergence(clean, moved)
+    found.backward()  # no label anywhere: the divergence alone trains the model
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_unlabeled_batches_are_drawn_the_same_for_a_step_whatever_came_before():
+    import datasets
+
+    from trainer.data.batching import PaddingCollator, RandomBatches
+
+    texts = datasets.Dataset.from_dict({"input_ids": [[i + 1] * (i % 5 + 1) for i in range(50)]})
+    batches = RandomBatches(texts, 8, PaddingCollator(0), seed=3, rank=0)
+    first = batches.draw(7)
+    for step in (1, 2, 9):
+        batches.draw(step)
+    again = RandomBatches(texts, 8, PaddingCollator(0), seed=3, rank=0).draw(7)
+    assert torch.equal(first["input_ids"], again["input_ids"]) and torch.equal(first["lengths"], again["lengths"])
+    assert first["input_ids"].shape[0] == 8 and (first["lengths"] >= 1).all()
+    cut = batches.draw(7, width=2)  # the heads of the same texts, as wide as a training batch beside them
+    assert cut["input_ids"].shape[1] == 2 and torch.equal(cut["input_ids"], first["input_ids"][:, :2])
+    other = [RandomBatches(texts, 8, PaddingCollator(0), seed=3, rank=1).draw(7), batches.draw(7, 1), batches.draw(8)]
+    assert all(not torch.equal(first["input_ids"][:, :1], o["input_ids"][:, :1]) for o in other)
+
+
 def test_sigterm_outranks_the_time_limit_warning_and_only_the_warning_requeues(monkeypatch):
     import os
     import signal
@@ -377,3 +418,33 @@ def test_a_steady_step_never_waits_for_the_device(tmp_path, module, args):
     assert any("guard.py" in sync for sync in steps[5]) and any("loop.py" in sync for sync in steps[10])
     steady = {k: steps[k] for k in range(2, 12) if k not in (5, 10)}
     assert steady == {k: [] for k in steady}
+
+
+@pytest.mark.slow  # trains in processes
+def test_virtual_adversarial_training_on_unlabeled_texts_resumes_exactly_and_runs_on_two_processes(tmp_path):
+    import signal
+
+    from test_checkpoint import faults
+    from test_distributed import launcher
+
+    unlabeled = write_csv(tmp_path / "more.csv", [(f"an unlabeled review number {i}", "") for i in range(40)])
+    common = ["--config", "tiny", "--checkpoint.save_every_steps=4", "--train.max_steps=12", "--model.dropout=0"]
+    common += ["--train.vat_epsilon=1", f"--data.unlabeled_files={unlabeled}"]
+    env = {"OMP_NUM_THREADS": "1"}
+
+    def train(out, *args, expect=0, **kwargs):
+        done = run_cli([*common, f"--train.output_dir={out}", *args], tmp_path, **kwargs)
+        assert done.returncode == expect, done.stderr[-3000:]
+        return read_json(tmp_path / out / "run_info.json")
+
+    straight = train("straight", env=env)
+    assert straight["data"]["unlabeled_examples"] == 40
+    train("killed", env=env | faults(FAULT_AT_STEP=7, FAULT_KIND="kill"), expect=-signal.SIGKILL)
+    resumed = train("killed", "--resume", "auto", env=env)
+    assert resumed["resumed_from"].endswith("step-00000004")
+    assert resumed["weight_digests"] == straight["weight_digests"], "bit for bit the uninterrupted run"
+    plain = train("plain", "--train.vat_epsilon=0", env=env)
+    assert plain["weight_digests"] != straight["weight_digests"], "the divergence term changes the training"
+
+    two = train("two", "--train.batch_size=16", env=env, launcher=launcher(2))
+    assert two["world_size"] == 2 and len(set(two["weight_digests"])) == 1, "the same weights on both processes"

@@ -104,6 +104,15 @@ class TrainConfig:
             "the loss gradient (Miyato et al. 2017; about 2x the compute per step; 0 = off)"
         },
     )
+    vat_epsilon: float = field(
+        default=0.0,
+        metadata={
+            "help": "virtual adversarial training: add the divergence between the predictions on each text and on "
+            "its embeddings moved by this L2 norm per sequence where they change the predictions most (Miyato et "
+            "al. 2017), on as many texts of --data.unlabeled_files as a batch holds (without them, on the batch); "
+            "0 = off"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mixed_precision == "False":  # `mixed_precision: no` unquoted in a YAML file
@@ -121,6 +130,7 @@ class TrainConfig:
         check_range("train.process_timeout_minutes", self.process_timeout_minutes, 0.01, 7 * 24 * 60.0)
         check_range("train.ema_decay", self.ema_decay, 0.0, 0.999999)
         check_range("train.adversarial_epsilon", self.adversarial_epsilon, 0.0)
+        check_range("train.vat_epsilon", self.vat_epsilon, 0.0)
         self.class_weights = str(self.class_weights).strip()
         if self.class_weights not in ("none", "balanced"):
             try:
@@ -143,7 +153,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # python -m trainer.pretrain only
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # trainer.pretrain, and a classifier's stage
 
     def __post_init__(self) -> None:
         _check_integers(self, "")

@@ -166,6 +166,26 @@ class PaddingCollator:
         return {"input_ids": input_ids, "lengths": lengths, "labels": labels}
 
 
+class RandomBatches:
+    """Batches of ``dataset`` drawn at random, for a loss term beside the training batches (virtual
+    adversarial training's unlabeled texts). The draw for a step is a function of (seed, process,
+    step, draw within the step) alone, so a resumed run draws what the uninterrupted one drew, and
+    processes draw different texts. ``width`` cuts each text to that many tokens (its head): a draw
+    as wide as the training batch beside it costs what that batch costs, where random texts of a
+    long-text corpus would each be padded to the longest (measured on IMDB: 1.65 s a step against
+    0.31 s without the term)."""
+
+    def __init__(self, dataset: datasets.Dataset, batch_size: int, collate: PaddingCollator, seed: int, rank: int):
+        self.dataset, self.batch_size, self.collate = dataset.with_format(None), batch_size, collate
+        self.seed, self.rank = seed, rank
+
+    def draw(self, step: int, index: int = 0, width: int | None = None) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(hash((self.seed, self.rank, step, index)) & (2**63 - 1))
+        rows = torch.randint(len(self.dataset), (self.batch_size,), generator=generator).tolist()
+        ids = self.dataset[rows]["input_ids"]
+        return self.collate([{"input_ids": row[:width], "label": -1} for row in ids])
+
+
 def lengths_of(ds: datasets.Dataset) -> list[int]:
     """The ``length`` column as a list (per-row access to a datasets column is slow)."""
     return ds.with_format("arrow")["length"].to_pylist()

@@ -39,7 +39,8 @@ class DataConfig:
         default=None,
         metadata={
             "help": "texts without labels (files, globs or folders; the same text column) that language-model "
-            "pre-training (python -m trainer.pretrain) reads besides the training split; a classifier ignores them"
+            "pre-training reads besides the training split (python -m trainer.pretrain, or a classifier's "
+            "pretrain.stage); a classifier's own training does not read them"
         },
     )
     train_split: str = field(

@@ -18,15 +18,30 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from trainer.errors import MAX_COUNT, UserError, check_range
+from trainer.errors import MAX_COUNT, UserError, check_choice, check_range
 from trainer.models.sentiment import ModelConfig, RecurrentEncoder
 
 ENCODER_PREFIXES = ("embedding.", "layers.")
 MAX_SAMPLES = 1 << 16  # pretrain.samples: a (tokens, samples) score matrix each step
+STAGES = ("never", "unlabeled", "always")
 
 
 @dataclass
 class PretrainConfig:
+    stage: str = field(
+        default="never",
+        metadata={
+            "help": "a classifier run (python -m trainer) pre-trains its encoder first, as a language model in "
+            "OUTPUT_DIR/pretrain, then starts from it: never; unlabeled (when --data.unlabeled_files is given); always"
+        },
+    )
+    finetune_lr_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "after the pre-training stage, the classifier's embedding and recurrent layers train at this "
+            "multiple of optim.lr (ULMFiT's discriminative rates); unset: optim.*_lr_scale as given"
+        },
+    )
     epochs: int = field(default=2, metadata={"help": "language-model epochs (python -m trainer.pretrain)"})
     max_steps: int | None = field(default=None, metadata={"help": "stop pre-training after this many steps"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate of pre-training (optim.* gives the rest)"})
@@ -43,6 +58,9 @@ class PretrainConfig:
     )
 
     def __post_init__(self) -> None:
+        check_choice("pretrain.stage", self.stage, STAGES)
+        if self.finetune_lr_scale is not None:
+            check_range("pretrain.finetune_lr_scale", self.finetune_lr_scale, 0.0)
         check_range("pretrain.epochs", self.epochs, 1, MAX_COUNT)
         if self.max_steps is not None:
             check_range("pretrain.max_steps", self.max_steps, 1, MAX_COUNT)

@@ -1,4 +1,6 @@
-"""The training loss: classification, optionally with adversarial training on the embeddings."""
+"""The training loss: classification, optionally with adversarial training on the embeddings
+(plain, along the loss gradient; or virtual, on the predictions alone, so texts without labels count
+too)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from accelerate import Accelerator
 
 from trainer.errors import UserError
 from trainer.models.sentiment import classification_loss
+
+VAT_XI = 0.1  # the power iteration's finite difference: the L2 norm of its probe, per sequence
 
 
 def class_weights(spec: str, counts: list[int], names: list[str]) -> list[float] | None:
@@ -57,7 +61,49 @@ def training_loss(
     loss = classification_loss(model(input_ids, lengths, embeddings=embeddings), labels, weights=weights)
     scaled = accelerator.scaler.scale(loss) if accelerator.scaler is not None else loss  # no fp16 underflow
     (gradient,) = torch.autograd.grad(scaled, embeddings, retain_graph=True)  # parameters untouched
-    direction = torch.nn.functional.normalize(gradient.flatten(1), dim=1).view_as(gradient)  # unit L2 per sequence
+    direction = per_sequence_unit(gradient)
     with accelerator.autocast():
         logits = net(input_ids, lengths, embeddings=embeddings + epsilon * direction)
     return loss + classification_loss(logits, labels, weights=weights)
+
+
+def virtual_adversarial_loss(
+    net: torch.nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor, epsilon: float, accelerator: Accelerator
+) -> torch.Tensor:
+    """Virtual adversarial training (Miyato et al. 2016, 2017): the divergence KL(p(x) || p(x + r)),
+    averaged over the batch, where r, of L2 norm ``epsilon`` per sequence over its real tokens'
+    embeddings, is the direction that changes the predictions most, as one power iteration finds it
+    (from a random probe of norm ``VAT_XI``). No label is read, so unlabeled texts train the model
+    too. ``net`` is the unwrapped model, run inside the step's graph as in ``training_loss``."""
+    with torch.no_grad(), accelerator.autocast():
+        clean = log_probabilities(net(input_ids, lengths))
+    embeddings = net.embed(input_ids)  # (B, T, E)
+    real = (torch.arange(input_ids.size(1), device=input_ids.device) < lengths.unsqueeze(1)).unsqueeze(-1)
+    probe = (VAT_XI * per_sequence_unit(torch.randn_like(embeddings) * real)).requires_grad_()
+    with accelerator.autocast():
+        probed = log_probabilities(net(input_ids, lengths, embeddings=embeddings.detach() + probe))
+    divergence = kl_divergence(clean, probed)
+    scaled = accelerator.scaler.scale(divergence) if accelerator.scaler is not None else divergence
+    (gradient,) = torch.autograd.grad(scaled, probe)  # only the direction is used
+    direction = per_sequence_unit(gradient * real)
+    with accelerator.autocast():
+        logits = net(input_ids, lengths, embeddings=embeddings + epsilon * direction)
+    return kl_divergence(clean, log_probabilities(logits))
+
+
+def log_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(B, C) log-probabilities in float32; one logit (two classes) is the softmax over (logit, 0)."""
+    logits = logits.float()
+    if logits.size(-1) == 1:
+        logits = torch.cat([logits, torch.zeros_like(logits)], dim=-1)
+    return torch.log_softmax(logits, dim=-1)
+
+
+def kl_divergence(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of KL(reference || other), both log-probabilities (B, C)."""
+    return (reference.exp() * (reference - other)).sum(-1).mean()
+
+
+def per_sequence_unit(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, T, E) scaled to L2 norm 1 per sequence (a zero sequence stays zero)."""
+    return torch.nn.functional.normalize(x.flatten(1), dim=1).view_as(x)

@@ -38,9 +38,10 @@ def build_accelerator(config: Config, log_with: list[str], run_dir: Path, precis
     # Every parameter gets a gradient every step: no unused-parameter search, gradients that alias
     # DDP's buckets (one copy less), and a static graph, except under accumulation, whose no_sync
     # micro-steps static_graph does not support (torch 2.13 asserts), and under adversarial
-    # training: a static graph's first step would queue its all-reduce at the end of the backward
-    # pass that finds the perturbation, before any parameter has a gradient.
-    static = config.train.gradient_accumulation_steps == 1 and not config.train.adversarial_epsilon
+    # training (plain or virtual): a static graph's first step would queue its all-reduce at the end
+    # of the backward pass that finds the perturbation, before any parameter has a gradient.
+    perturbed = config.train.adversarial_epsilon or config.train.vat_epsilon
+    static = config.train.gradient_accumulation_steps == 1 and not perturbed
     ddp = DistributedDataParallelKwargs(find_unused_parameters=False, gradient_as_bucket_view=True, static_graph=static)
     try:
         return Accelerator(

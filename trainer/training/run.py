@@ -56,7 +56,7 @@ class Run:
     total_steps: int
     steps_per_epoch: int
     state: TrainState
-    task: Task  # Classification, or trainer.pretrain's LanguageModelling
+    task: Task  # Classification, or LanguageModelling
     ema: MovingAverage | None = None  # the moving average of the weights, with train.ema_decay
     started: float = field(default_factory=time.time)
 

@@ -57,7 +57,7 @@ def run_dir_problem(run_dir: Path, config: Config) -> str | None:
     every run writes first) is never trained into, whatever the options: ``--overwrite`` replaces a
     run, never files this trainer did not write. A run folder needs ``--resume`` or ``--overwrite``.
     """
-    if not run_dir.is_dir() or not any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+    if not run_dir.is_dir() or not any(p.name != LOCK_NAME and not is_stage(p) for p in run_dir.iterdir()):
         return None
     if not (run_dir / "run_info.json").is_file():
         return (
@@ -74,6 +74,19 @@ def run_dir_problem(run_dir: Path, config: Config) -> str | None:
             "start over in it, or choose another --train.output_dir"
         )
     return None
+
+
+STAGE_DIR = "pretrain"  # a classifier run's pre-training stage (trainer.training.stage)
+
+
+def is_stage(path: Path) -> bool:
+    """Whether ``path`` is a run folder's pre-training stage (``trainer.training.stage``): its
+    ``pretrain/``, empty or a language model's run folder. The classifier's run starts beside it."""
+    if path.name != STAGE_DIR or not path.is_dir():
+        return False
+    if not any(p.name != LOCK_NAME for p in path.iterdir()):
+        return True
+    return read_run_info(path).get("task") == "language-model"
 
 
 RUN_OUTPUTS = ("best", "final", CHECKPOINTS_DIR, "metrics.jsonl", "run_info.json", "config.yaml", "tokenizer.json")
@@ -164,7 +177,7 @@ def start_run_folder(run_dir: Path, info: dict, config: Config, tokenizer: Token
     training may have started in it meanwhile."""
     was_locked = os.path.realpath(run_dir) in _LOCKS
     lock_run_folder(run_dir)
-    if not was_locked and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+    if not was_locked and any(p.name != LOCK_NAME and not is_stage(p) for p in run_dir.iterdir()):
         raise UserError(
             f"another training wrote into {run_dir} while this one prepared its data; choose another --train.output_dir"
         )
