@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from trainer.config import Config, to_yaml
-from trainer.data.batching import PaddingCollator, RandomBatches
+from trainer.data.batching import RandomBatches
 from trainer.data.preparation import Coordination, PreparedData, prepare_data, prepare_unlabeled
 from trainer.data.tokenizer import pad_id
 from trainer.errors import UserError
@@ -93,10 +93,9 @@ class Classification:
     def unlabeled_batch(self, run: Run, width: int) -> dict:
         """As many unlabeled texts as a training batch holds, drawn for this step and process, each
         cut to the batch's ``width`` in tokens (so that the term costs what the batch costs)."""
-        if self.batches is None:
-            train, data = run.config.train, run.config.data
-            multiple = data.pad_to_multiple_of or (8 if run.accelerator.mixed_precision != "no" else 1)
-            collate = PaddingCollator(pad_id(run.data.tokenizer), multiple, data.length_buckets)
+        if self.batches is None:  # padded as the training batches are, by the training loader's collator
+            train = run.config.train
+            collate = run.train_loader.collate_fn
             self.batches = RandomBatches(
                 self.unlabeled, train.batch_size, collate, train.seed, run.accelerator.process_index
             )
