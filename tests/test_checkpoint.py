@@ -260,6 +260,7 @@ def test_auto_resume_never_redoes_a_finished_run(tmp_path):
     [
         ("--optim.embedding_lr_scale=3", "embedding_lr_scale 1.0 -> 3.0"),
         ("--model.hidden_dim=24", "model.hidden_dim 16 -> 24"),
+        ("--train.vat_epsilon=2", "vat_epsilon 0.0 -> 2.0"),  # another loss from the step it resumes at
         ("--data.sampler=balanced", "sampler random -> balanced"),  # before its other steps per epoch
     ],
 )

@@ -47,11 +47,22 @@ def test_every_preset_loads():
         (["--checkpoint.best_metric=speed"], r"checkpoint.best_metric='speed' is not valid"),
         (["hidden_dim=3"], r"unexpected argument 'hidden_dim=3'"),
         (["--train.epochs"], r"--train.epochs needs a value"),
+        (["--train.vat_texts=all"], r"train.vat_texts='all' is not valid; choose one of 'auto', 'unlabeled'"),
     ],
 )
 def test_bad_overrides_name_the_key_and_the_choices(args, message):
     with pytest.raises(UserError, match=message):
         load_config("tiny", args)
+
+
+def test_the_imdb_recipe_takes_virtual_adversarial_training_only_where_unlabeled_texts_are_given():
+    from trainer.training.task import Classification
+
+    def vat(*args):
+        return Classification().configure(load_config("imdb", list(args))).train.vat_epsilon
+
+    assert vat() == 0.0 and vat("--data.unlabeled_files=u.csv") == 5.0
+    assert vat("--train.vat_texts=auto") == vat("--train.vat_texts=training") == 5.0  # on the batch itself
 
 
 def test_unknown_key_in_a_yaml_file(tmp_path):

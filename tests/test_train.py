@@ -445,6 +445,9 @@ def test_virtual_adversarial_training_on_unlabeled_texts_resumes_exactly_and_run
     assert resumed["weight_digests"] == straight["weight_digests"], "bit for bit the uninterrupted run"
     plain = train("plain", "--train.vat_epsilon=0", env=env)
     assert plain["weight_digests"] != straight["weight_digests"], "the divergence term changes the training"
+    batch = train("batch", "--train.vat_texts=training", env=env)  # on the training batch, not on the texts given
+    assert "unlabeled_examples" not in batch["data"]
+    assert batch["weight_digests"] not in (straight["weight_digests"], plain["weight_digests"])
 
     two = train("two", "--train.batch_size=16", env=env, launcher=launcher(2))
     assert two["world_size"] == 2 and len(set(two["weight_digests"])) == 1, "the same weights on both processes"

@@ -39,6 +39,7 @@ from trainer.training.tracking import LoggingConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 PRECISIONS = ("no", "fp16", "bf16", "auto")
+VAT_TEXTS = ("auto", "unlabeled", "training")
 MAX_BATCH = 1 << 20  # examples per micro-step
 
 
@@ -109,8 +110,15 @@ class TrainConfig:
         metadata={
             "help": "virtual adversarial training: add the divergence between the predictions on each text and on "
             "its embeddings moved by this L2 norm per sequence where they change the predictions most (Miyato et "
-            "al. 2017), on as many texts of --data.unlabeled_files as a batch holds (without them, on the batch); "
-            "0 = off"
+            "al. 2017), on the texts train.vat_texts names; 0 = off"
+        },
+    )
+    vat_texts: str = field(
+        default="auto",
+        metadata={
+            "help": "the texts of virtual adversarial training: unlabeled (as many texts of --data.unlabeled_files "
+            "as a batch holds, at each step; off without them), training (the training batch itself) or auto "
+            "(unlabeled where given, else training)"
         },
     )
 
@@ -118,6 +126,7 @@ class TrainConfig:
         if self.mixed_precision == "False":  # `mixed_precision: no` unquoted in a YAML file
             self.mixed_precision = "no"
         check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
+        check_choice("train.vat_texts", self.vat_texts, VAT_TEXTS)
         for key in ("epochs", "gradient_accumulation_steps", "log_every_steps"):
             check_range(f"train.{key}", getattr(self, key), 1, MAX_COUNT)
         check_range("train.batch_size", self.batch_size, 1, MAX_BATCH)

@@ -40,7 +40,7 @@ class DataConfig:
         metadata={
             "help": "texts without labels (files, globs or folders; the same text column) that language-model "
             "pre-training reads besides the training split (python -m trainer.pretrain, or a classifier's "
-            "pretrain.stage); a classifier's own training does not read them"
+            "pretrain.stage) and virtual adversarial training draws from (train.vat_epsilon, train.vat_texts)"
         },
     )
     train_split: str = field(

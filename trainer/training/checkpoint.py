@@ -341,7 +341,8 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> dict:
     """
     saved = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
     saved.pop("save_sequence", None)
-    # Checkpoints older than train.ema_decay, the lr scales or data.sampler were made without them.
+    # Checkpoints older than train.ema_decay, the lr scales, data.sampler or the adversarial losses'
+    # epsilons were made without them.
     older = {
         "ema_decay": 0.0,
         "embedding_lr_scale": 1.0,
@@ -349,6 +350,8 @@ def load_checkpoint(accelerator, path: Path, state: TrainState) -> dict:
         "task": "classification",
         "sampler": "random",
         "precision": state.setup.get("precision"),  # not recorded then: taken to be this run's
+        "adversarial_epsilon": state.setup.get("adversarial_epsilon"),  # nor these: the same
+        "vat_epsilon": state.setup.get("vat_epsilon"),
     }
     saved_setup = {**older, **saved.get("setup", {})}
     if "steps_per_epoch" not in saved_setup:  # older checkpoints: the same split was required

@@ -43,6 +43,9 @@ class Classification:
     run_suffix = ""
 
     def configure(self, config: Config) -> Config:
+        train = config.train
+        if train.vat_texts == "unlabeled" and not config.data.unlabeled_files:
+            train.vat_epsilon = 0.0  # virtual adversarial training on unlabeled texts only, and none given
         return config
 
     def __init__(self) -> None:
@@ -53,7 +56,7 @@ class Classification:
 
     def data(self, config: Config, coordination: Coordination) -> PreparedData:
         data = prepare_data(config.data, config.tokenizer, coordination)
-        if config.train.vat_epsilon:  # the unlabeled texts, where given, join the training batches' own
+        if config.train.vat_epsilon and config.train.vat_texts != "training":  # the texts VAT draws from
             self.unlabeled, stats = prepare_unlabeled(config.data, data.tokenizer, coordination)
             data.stats |= stats
         labels = len(data.label_map.names)
@@ -83,7 +86,7 @@ class Classification:
         if weights is not None and weights.device != batch["labels"].device:  # moved once, not at every step
             weights = self.class_weights = weights.to(batch["labels"].device)
         loss = training_loss(run.model, batch, run.accelerator, epsilon, weights)
-        if vat := run.config.train.vat_epsilon:  # on unlabeled texts where given (as Miyato et al.), else on the batch
+        if vat := run.config.train.vat_epsilon:  # on unlabeled texts (as Miyato et al.) or on the batch: vat_texts
             net, accelerator = run.accelerator.unwrap_model(run.model), run.accelerator
             texts = self.unlabeled_batch(run, batch["input_ids"].size(1)) if self.unlabeled is not None else batch
             input_ids, lengths = (texts[key].to(accelerator.device) for key in ("input_ids", "lengths"))

@@ -161,6 +161,8 @@ def run_setup(config: Config, accelerator: Accelerator, data: PreparedData, step
         "sampler": config.data.sampler,
         "steps_per_epoch": steps_per_epoch,
         "ema_decay": train.ema_decay,
+        "adversarial_epsilon": train.adversarial_epsilon,  # the loss a step minimises depends on them
+        "vat_epsilon": train.vat_epsilon,
         "embedding_lr_scale": config.optim.embedding_lr_scale,  # the optimizer's groups depend on it
         "recurrent_lr_scale": config.optim.recurrent_lr_scale,
         **{f"model.{key}": value for key, value in config.model.architecture().items()},
