@@ -327,7 +327,8 @@ def test_adversarial_loss_adds_the_loss_at_embeddings_moved_uphill_by_epsilon():
 
 
 def test_virtual_adversarial_loss_moves_the_embeddings_where_the_predictions_change_most():
-    from trainer.training.loss import kl_divergence, log_probabilities, per_sequence_unit, virtual_adversarial_loss
+    from trainer.models.sentiment import class_log_probabilities as log_probabilities
+    from trainer.training.loss import kl_divergence, per_sequence_unit, virtual_adversarial_loss
 
     torch.manual_seed(0)
     model = SentimentRNN(ModelConfig(embedding_dim=8, hidden_dim=8, num_layers=1, dropout=0.0), 30, 2).eval()

@@ -286,6 +286,15 @@ def classification_loss(
     return losses.mean() if reduction == "mean" else losses
 
 
+def class_log_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 1) or (B, C) logits -> (B, C) log-probabilities in float32, in ``class_probabilities``'
+    order: one logit is the positive class's against 0 for the negative's."""
+    logits = logits.float()
+    if logits.size(-1) == 1:
+        logits = torch.cat([torch.zeros_like(logits), logits], dim=-1)
+    return torch.log_softmax(logits, dim=-1)
+
+
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """(B, 1) or (B, C) logits -> (B, C) probabilities, C >= 2."""
     logits = logits.float()

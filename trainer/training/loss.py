@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 
 from trainer.errors import UserError
-from trainer.models.sentiment import classification_loss
+from trainer.models.sentiment import class_log_probabilities, classification_loss
 
 VAT_XI = 0.1  # the power iteration's finite difference: the L2 norm of its probe, per sequence
 
@@ -59,9 +59,7 @@ def training_loss(
     net = accelerator.unwrap_model(model)
     embeddings = net.embed(input_ids)  # (B, T, E)
     loss = classification_loss(model(input_ids, lengths, embeddings=embeddings), labels, weights=weights)
-    scaled = accelerator.scaler.scale(loss) if accelerator.scaler is not None else loss  # no fp16 underflow
-    (gradient,) = torch.autograd.grad(scaled, embeddings, retain_graph=True)  # parameters untouched
-    direction = per_sequence_unit(gradient)
+    direction = per_sequence_unit(gradient_of(loss, embeddings, accelerator, retain_graph=True))
     with accelerator.autocast():
         logits = net(input_ids, lengths, embeddings=embeddings + epsilon * direction)
     return loss + classification_loss(logits, labels, weights=weights)
@@ -76,27 +74,24 @@ def virtual_adversarial_loss(
     (from a random probe of norm ``VAT_XI``). No label is read, so unlabeled texts train the model
     too. ``net`` is the unwrapped model, run inside the step's graph as in ``training_loss``."""
     with torch.no_grad(), accelerator.autocast():
-        clean = log_probabilities(net(input_ids, lengths))
+        clean = class_log_probabilities(net(input_ids, lengths))
     embeddings = net.embed(input_ids)  # (B, T, E)
     real = (torch.arange(input_ids.size(1), device=input_ids.device) < lengths.unsqueeze(1)).unsqueeze(-1)
     probe = (VAT_XI * per_sequence_unit(torch.randn_like(embeddings) * real)).requires_grad_()
     with accelerator.autocast():
-        probed = log_probabilities(net(input_ids, lengths, embeddings=embeddings.detach() + probe))
-    divergence = kl_divergence(clean, probed)
-    scaled = accelerator.scaler.scale(divergence) if accelerator.scaler is not None else divergence
-    (gradient,) = torch.autograd.grad(scaled, probe)  # only the direction is used
-    direction = per_sequence_unit(gradient * real)
+        probed = class_log_probabilities(net(input_ids, lengths, embeddings=embeddings.detach() + probe))
+    direction = per_sequence_unit(gradient_of(kl_divergence(clean, probed), probe, accelerator) * real)
     with accelerator.autocast():
         logits = net(input_ids, lengths, embeddings=embeddings + epsilon * direction)
-    return kl_divergence(clean, log_probabilities(logits))
+    return kl_divergence(clean, class_log_probabilities(logits))
 
 
-def log_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """(B, C) log-probabilities in float32; one logit (two classes) is the softmax over (logit, 0)."""
-    logits = logits.float()
-    if logits.size(-1) == 1:
-        logits = torch.cat([logits, torch.zeros_like(logits)], dim=-1)
-    return torch.log_softmax(logits, dim=-1)
+def gradient_of(loss: torch.Tensor, x: torch.Tensor, accelerator: Accelerator, **kwargs) -> torch.Tensor:
+    """d ``loss`` / d ``x`` alone (parameters untouched), for a direction: only its direction is used,
+    so under fp16 the loss is scaled first (no underflow) and the gradient is left scaled."""
+    scaled = accelerator.scaler.scale(loss) if accelerator.scaler is not None else loss
+    (gradient,) = torch.autograd.grad(scaled, x, **kwargs)
+    return gradient
 
 
 def kl_divergence(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
