@@ -174,6 +174,7 @@ def test_one_command_pretrains_then_fine_tunes_and_resumes_either_stage(tmp_path
     unlabeled = write_csv(tmp_path / "more.csv", [(f"an unlabeled review number {i}", "") for i in range(40)])
     common = ["--config", "tiny", "--train.output_dir=out", "--checkpoint.save_every_steps=4", "--pretrain.samples=64"]
     common += ["--pretrain.stage=unlabeled", f"--data.unlabeled_files={unlabeled}", "--pretrain.max_steps=12"]
+    common += ["--optim.gradual_unfreezing=1"]  # the classifier's: the language model trains every layer
     env = {"OMP_NUM_THREADS": "1"}
     out, stage = tmp_path / "out", tmp_path / "out" / "pretrain"
 
@@ -200,6 +201,8 @@ def test_one_command_pretrains_then_fine_tunes_and_resumes_either_stage(tmp_path
     assert info["task"] == "classification" and info["resumed_from"].endswith("step-00000004")
     assert info["final_step"] == info["total_steps"] and (out / "best" / "config.json").is_file()
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["init_from"] == "out/pretrain/best"
+    assert yaml.safe_load((stage / "config.yaml").read_text())["optim"]["gradual_unfreezing"] == 0
+    assert info["gradual_unfreezing"] == {"layers.0": info["steps_per_epoch"], "embedding": 2 * info["steps_per_epoch"]}
     assert read_json(stage / "run_info.json")["final_step"] == 12, "the stage was not run again"
 
     scored = run_cli(

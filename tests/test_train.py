@@ -245,6 +245,38 @@ def test_lr_scales_move_the_embedding_and_the_recurrent_layers_that_much_faster_
     assert moved and all(step == pytest.approx(1e-3, rel=1e-3) for step in moved.values())
 
 
+def test_gradual_unfreezing_lets_each_layer_join_from_the_top_an_epoch_apart(tmp_path):
+    from safetensors.torch import load_file
+
+    common = ["--config", "tiny", "--model.num_layers=2", "--model.bidirectional=false"]
+    start = tmp_path / "start"  # the weights the run starts from: one step at learning rate 0
+    assert main([*common, f"--train.output_dir={start}", "--train.max_steps=1", "--optim.lr=0"]) == 0
+    run = tmp_path / "run"
+    args = ["--optim.gradual_unfreezing=1", "--train.epochs=4", "--checkpoint.keep_last=3"]
+    assert main([*common, f"--train.output_dir={run}", *args]) == 0
+    epoch = read_json(run / "run_info.json")["steps_per_epoch"]
+    assert read_json(run / "run_info.json")["gradual_unfreezing"] == {
+        "layers.1": epoch,
+        "layers.0": 2 * epoch,
+        "embedding": 3 * epoch,
+    }
+    initial = load_file(str(start / "final" / "model.safetensors"))
+    after = [load_file(str(run / "checkpoints" / f"step-{n * epoch:08d}" / "model.safetensors")) for n in (1, 2, 3)]
+    after.append(load_file(str(run / "final" / "model.safetensors")))
+
+    def moved(weights: dict, prefix: str) -> list[bool]:
+        names = [name for name in initial if name.startswith(prefix)]
+        assert names
+        return [not torch.equal(weights[name], initial[name]) for name in names]
+
+    # After epochs 1-4: which layers have moved from where they started.
+    for n, joined in enumerate([(), ("layers.1",), ("layers.1", "layers.0"), ("layers.1", "layers.0", "embedding")]):
+        for prefix in ("layers.1", "layers.0", "embedding"):
+            assert all(moved(after[n], prefix)) if prefix in joined else not any(moved(after[n], prefix)), (n, prefix)
+        assert all(moved(after[n], "classifier."))
+    assert read_json(start / "run_info.json")["gradual_unfreezing"] is None
+
+
 def test_tensorboard_tracker_writes_events(tmp_path):
     run = tmp_path / "run"
     assert main(["--config", "tiny", f"--train.output_dir={run}", "--logging.tracker=tensorboard"]) == 0

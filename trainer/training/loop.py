@@ -132,11 +132,14 @@ class TrainRecords:
 
 
 def optimizer_step(run) -> torch.Tensor:
-    """The end of an optimizer step: clip, step, clear the gradients. Returns the gradient norm
+    """The end of an optimizer step: drop the frozen layers' gradients (gradual unfreezing), clip,
+    step, clear the gradients. Returns the gradient norm
     before clipping, which is logged (with no ``max_grad_norm`` it is measured, not clipped).
 
     The one place where the weights change, called through this module's name: tests inject
     their faults here (``tests/faults``), whatever accelerate or torch do inside."""
+    if run.unfreezing is not None:
+        run.unfreezing.drop_frozen_gradients(run.state.step)
     max_norm = run.config.optim.max_grad_norm or float("inf")
     grad_norm = run.accelerator.clip_grad_norm_(run.model.parameters(), max_norm)
     run.optimizer.step()

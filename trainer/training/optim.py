@@ -35,6 +35,15 @@ class OptimConfig:
         },
     )
 
+    gradual_unfreezing: int = field(
+        default=0,
+        metadata={
+            "help": "ULMFiT's gradual unfreezing, for a classifier started from --model.init_from: the attention and "
+            "classifier train alone for this many epochs, then the recurrent layers join one at a time from the top, "
+            "as many epochs apart, and the embedding last (0 = every layer trains from the first step)"
+        },
+    )
+
     def __post_init__(self) -> None:
         check_range("optim.lr", self.lr, 0.0)
         check_range("optim.weight_decay", self.weight_decay, 0.0)
@@ -45,6 +54,7 @@ class OptimConfig:
         check_range("optim.max_grad_norm", self.max_grad_norm, 0.0)
         check_range("optim.embedding_lr_scale", self.embedding_lr_scale, 0.0)
         check_range("optim.recurrent_lr_scale", self.recurrent_lr_scale, 0.0)
+        check_range("optim.gradual_unfreezing", self.gradual_unfreezing, 0, MAX_COUNT)
         if len(self.betas) != 2:
             raise UserError(f"optim.betas={self.betas} must hold two numbers, e.g. [0.9,0.999]")
         for i, beta in enumerate(self.betas):  # AdamW's moving averages: 1 or more never forgets, or grows
@@ -75,6 +85,30 @@ def build_optimizer(model: torch.nn.Module, config: OptimConfig) -> torch.optim.
         groups.append({"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr": lr})
     groups = [group for group in groups if group["params"]]
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+
+
+class GradualUnfreezing:
+    """ULMFiT's gradual unfreezing (``optim.gradual_unfreezing``): the layers above the encoder train
+    alone for ``epochs`` epochs, then the recurrent layers join from the top, one every ``epochs``
+    epochs, and the embedding last. A frozen layer's gradients are dropped before the optimizer step
+    (after DDP has averaged them, the same on every process), so AdamW leaves its weights and its
+    state untouched, weight decay included, and its steps start afresh when it joins."""
+
+    def __init__(self, model: torch.nn.Module, epochs: int, steps_per_epoch: int) -> None:
+        groups = [(f"layers.{i}", layer) for i, layer in reversed(list(enumerate(model.layers)))]
+        groups.append(("embedding", model.embedding))
+        self.joins = {name: (n + 1) * epochs * steps_per_epoch for n, (name, _) in enumerate(groups)}
+        self.groups = [(self.joins[name], list(module.parameters())) for name, module in groups]
+
+    def drop_frozen_gradients(self, step: int) -> None:
+        """Before optimizer step ``step + 1``: the gradients of the layers that have not joined yet."""
+        for joins, params in self.groups:
+            if step < joins:
+                for p in params:
+                    p.grad = None
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} from step {step}" for name, step in self.joins.items())
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int) -> LRScheduler:

@@ -20,7 +20,7 @@ from trainer.data.preparation import Coordination, PreparedData
 from trainer.metrics import MetricsLog
 from trainer.models.sentiment import RecurrentEncoder
 from trainer.training.checkpoint import TrainState
-from trainer.training.optim import MovingAverage
+from trainer.training.optim import GradualUnfreezing, MovingAverage
 
 
 class Task(Protocol):
@@ -58,6 +58,7 @@ class Run:
     state: TrainState
     task: Task  # Classification, or LanguageModelling
     ema: MovingAverage | None = None  # the moving average of the weights, with train.ema_decay
+    unfreezing: GradualUnfreezing | None = None  # with optim.gradual_unfreezing
     started: float = field(default_factory=time.time)
 
     def weights(self) -> RecurrentEncoder:

@@ -159,6 +159,7 @@ class LanguageModelling:
         config.train.epochs, config.train.max_steps, config.optim.lr = pretrain.epochs, pretrain.max_steps, pretrain.lr
         config.checkpoint.best_metric = "loss"  # the only metric a language model has
         config.train.adversarial_epsilon = config.train.vat_epsilon = 0.0  # a classifier's regularisers
+        config.optim.gradual_unfreezing = 0  # a classifier's fine-tuning (the softmax is the embedding's)
         config.data.sampler = "random"  # balancing classes is a classifier's concern
         return config
 

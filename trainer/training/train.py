@@ -27,7 +27,7 @@ from trainer.training.checkpoint import TrainState, load_checkpoint
 from trainer.training.collective import from_main, main_decides, say
 from trainer.training.guard import FiniteGuard
 from trainer.training.loop import CheckpointPolicy, Epochs, Progress, Stop, TrainRecords, save, train_step
-from trainer.training.optim import MovingAverage, build_optimizer, build_scheduler
+from trainer.training.optim import GradualUnfreezing, MovingAverage, build_optimizer, build_scheduler
 from trainer.training.preemption import Preemption
 from trainer.training.pretrained import initialise_encoder, start_from_pretrained
 from trainer.training.processes import apply_global_batch, build_accelerator, describe_split, on_cpu, start_processes
@@ -94,6 +94,9 @@ def setup(config: Config, preset: str, task: Task | None = None) -> Run:
     if train.ema_decay:  # identical on every process, like the weights it follows
         ema = MovingAverage(accelerator.unwrap_model(model), train.ema_decay)
         accelerator.register_for_checkpointing(ema)  # saved and restored with the checkpoints
+    unfreezing = None
+    if epochs := config.optim.gradual_unfreezing:  # the step decides what trains: nothing to checkpoint
+        unfreezing = GradualUnfreezing(accelerator.unwrap_model(model), epochs, sampler.steps_per_epoch)
 
     state = TrainState(setup=run_setup(config, accelerator, data, sampler.steps_per_epoch) | {"task": task.name})
     resume_from = None
@@ -119,6 +122,7 @@ def setup(config: Config, preset: str, task: Task | None = None) -> Run:
     info |= {"total_steps": total_steps, "steps_per_epoch": sampler.steps_per_epoch, "examples_per_epoch": sampler.size}
     info["num_parameters"] = sum(p.numel() for p in model.parameters())
     info["pretrained_embeddings"] = embedding_stats
+    info["gradual_unfreezing"] = unfreezing and unfreezing.joins
     main_decides(partial(start_run_folder, run_dir, info, config, data.tokenizer, state.step if resume_from else None))
     if log_with:
         hparams = flatten(asdict(config), scalars_only="tensorboard" in log_with)
@@ -143,8 +147,11 @@ def setup(config: Config, preset: str, task: Task | None = None) -> Run:
         state=state,
         ema=ema,
         task=task,
+        unfreezing=unfreezing,
     )
     announce(run, tracker_note)
+    if unfreezing:
+        say(f"gradual unfreezing: the attention and classifier train alone, then {unfreezing.describe()}")
     return run
 
 
